@@ -8,11 +8,14 @@ ParaThinker-1.5B) works.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from .errors import TokenizerError
+from .errors import CheckpointError, TokenizerError
 
 SUMMARY_OPEN = "<summary>"
 SUMMARY_CLOSE = "</summary>"
@@ -117,3 +120,27 @@ class ControlTokens:
             eos.append(tokenizer.eos_token_id)
         name = getattr(tokenizer, "name_or_path", "") or "the tokenizer"
         return cls.from_vocab(tokenizer.get_vocab(), eos, source=f"tokenizer {name!r}")
+
+
+_GENERIC_FAST = ("PreTrainedTokenizerFast", "TokenizersBackend")
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """Load a checkpoint's tokenizer exactly as saved.
+
+    transformers 5's AutoTokenizer prefers the tokenizer class of config.json's model_type
+    (e.g. Qwen2Tokenizer) and rebuilds a generic ``tokenizer.json`` (word-level, say) with it;
+    a tokenizer saved as a generic fast tokenizer is therefore loaded as one.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(path)
+    try:
+        cfg_file = path / "tokenizer_config.json"
+        cls = json.loads(cfg_file.read_text()).get("tokenizer_class") if cfg_file.is_file() else None
+        if cls in _GENERIC_FAST and (path / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(str(path))
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # transformers raises OSError/ValueError/... for missing or broken files
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot load the tokenizer of {path}: {msg}") from None

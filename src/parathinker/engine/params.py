@@ -55,8 +55,8 @@ class ParallelParams:
     summary_max_tokens: int = field(default=1024, metadata={"help": "token budget of the summary"})
     mode: Mode = field(default="parathinker", metadata={"help": "parathinker | sequential | majority | reprefill"})
     summary_prefix: str | None = field(
-        default=RELEASED_SUMMARY_PREFIX,
-        metadata={"help": "text forced after <summary> ('' for none)"},
+        default=None,
+        metadata={"help": "text forced after <summary> ('' for none; default: the model's, else the released one)"},
     )
     flat_positions: bool = field(default=False, metadata={"help": "ablation: path k at L + k*budget + t"})
     thought_embeddings: bool = field(default=True, metadata={"help": "ablation: --no-thought-embeddings sets all segment ids to 0"})

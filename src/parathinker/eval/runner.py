@@ -175,6 +175,8 @@ def run_eval(
     Safe to kill at any time: finished samples are on disk, a rerun continues where it stopped.
     """
     out = Path(out_dir)
+    for method, p in plan.cells():  # a bad combination (e.g. termination 3 with P=2) fails now
+        settings.parallel(method, p)
     check_run_settings(out, settings)
     with AppendLog(out / plan.log_name(), sample_key) as log:  # opening drops a cut last line
         others = [p for p in log_paths(out) if p != log.path]

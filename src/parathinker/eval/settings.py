@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine.params import RELEASED_SUMMARY_PREFIX, ParallelParams, SamplingParams
+from ..engine.params import ParallelParams, SamplingParams
 from ..errors import ConfigError
 
 # method name -> engine mode. "sequential-long" is one path with the paper's longer budget.
+# Follow the engine's default summary prefix, whatever it is.
+_DEFAULT_PREFIX = next(f.default for f in dataclasses.fields(ParallelParams) if f.name == "summary_prefix")
+
 METHOD_MODES: dict[str, str] = {
     "sequential": "sequential",
     "sequential-long": "sequential",
@@ -46,7 +49,7 @@ class EvalSettings:
     max_path_tokens: int = 16384
     summary_max_tokens: int = 1024
     termination: str = "first"
-    summary_prefix: str | None = RELEASED_SUMMARY_PREFIX
+    summary_prefix: str | None = _DEFAULT_PREFIX  # type: ignore[assignment]
     flat_positions: bool = False
     thought_embeddings: bool = True
     sequential_max_tokens: int | None = None

@@ -1,0 +1,72 @@
+"""Attention over the paged KV pool.
+
+Backends share one interface (STYLE: ``prepare`` builds metadata for a step, ``__call__``
+runs one layer). ``PagedReference`` is the oracle: it writes the new k', v' into their slots,
+gathers every key a row may read through its slot list, and runs SDPA with an explicit
+additive mask. Faster backends (shared-prefix / cascade kernels, CUDA graphs) must match it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..model.attention import sdpa
+
+
+@dataclass
+class StepMetadata:
+    """Everything one forward needs to know about where K/V live. B rows, T new tokens max, S keys max."""
+
+    slot_mapping: torch.Tensor  # (B, T) long: where each new token's k', v' go (padding -> slot 0, the null page)
+    kv_slots: torch.Tensor  # (B, S) long: the slots each row reads, its new tokens last (padding -> 0)
+    bias: torch.Tensor  # (B, 1, T, S) float additive mask
+
+
+def build_metadata(
+    new_slots: list[list[int]],
+    read_slots: list[list[int]],
+    visibility: list[torch.Tensor | None],
+    device: torch.device,
+) -> StepMetadata:
+    """Rows read ``read_slots[b]`` (context, then their own new tokens, which end the list).
+
+    A new token j of row b sees every context key and the new tokens up to j (causal), or the
+    new tokens ``visibility[b][j]`` allows when given (the re-prefill of a packed sequence).
+    """
+    B = len(new_slots)
+    T = max(len(s) for s in new_slots)
+    S = max(len(s) for s in read_slots)
+    slot_mapping = torch.zeros(B, T, dtype=torch.long)
+    kv_slots = torch.zeros(B, S, dtype=torch.long)
+    limit = torch.ones(B, T, dtype=torch.long)  # padded queries see key 0 only (no NaN rows)
+    for b, (new, read) in enumerate(zip(new_slots, read_slots)):
+        n = len(new)
+        slot_mapping[b, :n] = torch.tensor(new)
+        kv_slots[b, : len(read)] = torch.tensor(read)
+        limit[b, :n] = torch.arange(len(read) - n + 1, len(read) + 1)
+    visible = torch.arange(S)[None, None, :] < limit[:, :, None]  # (B, T, S)
+    for b, vis in enumerate(visibility):
+        if vis is not None:
+            n, ctx = len(new_slots[b]), len(read_slots[b]) - len(new_slots[b])
+            visible[b, :n, ctx : ctx + n] = vis
+    bias = torch.zeros(B, 1, T, S).masked_fill_(~visible[:, None], float("-inf"))
+    return StepMetadata(slot_mapping.to(device), kv_slots.to(device), bias.to(device))
+
+
+class PagedReference:
+    """Write-then-gather attention over the pool ``cache`` ((layers, 2, slots, KVH, hd))."""
+
+    def __init__(self, cache: torch.Tensor, meta: StepMetadata):
+        self.cache = cache
+        self.meta = meta
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        kv = self.cache[layer]  # (2, slots, KVH, hd)
+        flat = self.meta.slot_mapping.reshape(-1)
+        kv[0].index_copy_(0, flat, k.reshape(-1, *k.shape[2:]).to(kv.dtype))
+        kv[1].index_copy_(0, flat, v.reshape(-1, *v.shape[2:]).to(kv.dtype))
+        keys = kv[0][self.meta.kv_slots]  # (B, S, KVH, hd)
+        values = kv[1][self.meta.kv_slots]
+        return sdpa(q, keys, values, self.meta.bias)

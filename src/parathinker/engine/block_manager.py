@@ -1,0 +1,126 @@
+"""KV page bookkeeping: plain Python, no torch, unit-testable alone.
+
+The pool owns ``num_pages`` pages of ``page_size`` token slots (page 0 is reserved as a sink
+for padding writes and never handed out). A ``Run`` is a contiguous stretch of one
+sequence's tokens stored in a list of pages, filled from offset 0. Sequences *read* a list
+of runs and *write* only their own last run:
+
+    path i    reads [prompt run, own run]
+    summary   reads [prompt run, path_1 run, ..., path_P run, own run]
+
+so forking a path is a reference to the prompt's run and merging for the summary is a list
+concatenation; no K/V is ever copied. Runs are reference-counted and their pages return to
+the pool when the last reader releases them. Requests reserve their worst-case page count on
+admission, so a running request can never run out of pages mid-way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import OutOfPagesError
+
+NULL_PAGE = 0
+
+
+@dataclass(eq=False)
+class Run:
+    """Tokens ``0..length-1`` of one stretch of KV, stored page by page."""
+
+    page_size: int
+    pages: list[int] = field(default_factory=list)
+    length: int = 0
+    refs: int = 1
+    slot_list: list[int] = field(default_factory=list)  # flat slots of tokens 0..length-1, kept in step
+
+    @property
+    def capacity(self) -> int:
+        return len(self.pages) * self.page_size
+
+    def slot(self, i: int) -> int:
+        """Flat cache slot of token ``i`` of this run."""
+        return self.pages[i // self.page_size] * self.page_size + i % self.page_size
+
+    def slots(self, start: int = 0, end: int | None = None) -> list[int]:
+        return self.slot_list[start:end]
+
+
+class PagePool:
+    """Free list + per-request reservations over ``num_pages`` pages."""
+
+    def __init__(self, num_pages: int, page_size: int):
+        if num_pages < 2:
+            raise OutOfPagesError(f"the KV pool needs at least 2 pages, got {num_pages}: raise the KV memory budget")
+        self.num_pages = num_pages
+        self.page_size = page_size
+        self._free: list[int] = list(range(num_pages - 1, NULL_PAGE, -1))  # pop() hands out low ids first
+        self._reserved: dict[int, int] = {}  # request id -> pages still reserved for it
+
+    # -- accounting ---------------------------------------------------------------------
+    @property
+    def usable_pages(self) -> int:
+        return self.num_pages - 1
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_unreserved(self) -> int:
+        return len(self._free) - sum(self._reserved.values())
+
+    def pages_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.page_size)
+
+    def can_admit(self, pages: int) -> bool:
+        return pages <= self.num_unreserved
+
+    def admit(self, request_id: int, pages: int) -> None:
+        """Reserve ``pages`` for a request; raise if it could never fit, even in an empty pool."""
+        if pages > self.usable_pages:
+            raise OutOfPagesError(
+                f"a request needs up to {pages} KV pages but the pool has {self.usable_pages}: "
+                "raise the KV memory budget (--kv-cache-memory) or lower the token budgets"
+            )
+        if not self.can_admit(pages):
+            raise OutOfPagesError(f"only {self.num_unreserved} unreserved pages left, request needs {pages}")
+        self._reserved[request_id] = pages
+
+    def finish(self, request_id: int) -> None:
+        """Drop whatever a finished request had reserved but not used."""
+        self._reserved.pop(request_id, None)
+
+    # -- runs ---------------------------------------------------------------------------
+    def new_run(self) -> Run:
+        return Run(self.page_size)
+
+    def extend(self, run: Run, n: int, request_id: int) -> list[int]:
+        """Append ``n`` tokens to ``run`` (allocating pages from the request's reservation); return their slots."""
+        start = run.length
+        while run.capacity < start + n:
+            left = self._reserved.get(request_id, 0)
+            if left <= 0 or not self._free:
+                raise OutOfPagesError(f"request {request_id} exceeded its reserved KV pages (a budget bug)")
+            self._reserved[request_id] = left - 1
+            run.pages.append(self._free.pop())
+        ps = run.page_size
+        new = [run.pages[i // ps] * ps + i % ps for i in range(start, start + n)]
+        run.slot_list.extend(new)
+        run.length = start + n
+        return new
+
+    def share(self, run: Run) -> Run:
+        """Another reader of ``run`` (a forked path reading the prompt): no copy, one more reference."""
+        run.refs += 1
+        return run
+
+    def release(self, run: Run) -> None:
+        """One reader is done; the pages go back to the pool with the last one."""
+        run.refs -= 1
+        if run.refs == 0:
+            self._free.extend(reversed(run.pages))
+            run.pages = []
+            run.slot_list = []
+            run.length = 0
+        elif run.refs < 0:
+            raise RuntimeError("run released more often than shared")

@@ -1,0 +1,313 @@
+"""The parallel-thinking engine: admission, prefill, batched path decoding, termination, summary.
+
+Every step runs one batched forward over all sequences (of all active requests) that have a
+single pending token, plus one forward per multi-token chunk (prompt prefill, the summary's
+forced opening, a re-prefill). Positions and segment ids come from the layout module.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import torch
+
+from ..errors import ConfigError, PromptTooLongError, TokenizerError
+from ..layout import pack
+from ..model import ParaThinkerForCausalLM
+from ..tokens import ControlTokens
+from .block_manager import PagePool
+from .kv_cache import CacheConfig
+from .runner import Chunk, ModelRunner
+from .sampler import Row, sample
+from .sequence import Request, RequestSpec, Seq
+
+
+class Engine:
+    def __init__(
+        self,
+        model: ParaThinkerForCausalLM,
+        control: ControlTokens | None,
+        eos_ids: tuple[int, ...],
+        cache: CacheConfig | None = None,
+    ):
+        cache = cache or CacheConfig()
+        self.model = model
+        self.control = control
+        self.eos_ids = tuple(eos_ids)
+        self.runner = ModelRunner(model, cache)
+        self.pool = PagePool(self.runner.kv.num_pages, cache.page_size)
+        self._next_id = 0
+        self._empty = torch.empty(0, dtype=torch.long)
+        self._banned_plain = torch.tensor(control.all_ids if control else (), dtype=torch.long)
+
+    # ---------------------------------------------------------------- admission
+    def check(self, spec: RequestSpec) -> int:
+        """Validate a request against the model/tokenizer; return its worst-case page count."""
+        pp, L = spec.parallel, len(spec.prompt_ids)
+        if L == 0:
+            raise ConfigError("empty prompt")
+        if pp.mode in ("parathinker", "reprefill"):
+            if self.control is None:
+                raise TokenizerError(
+                    "this tokenizer has no ParaThinker control tokens: run `parathinker prepare` on the model, "
+                    "or use --mode sequential/majority"
+                )
+            if pp.num_paths > self.control.max_paths:
+                raise ConfigError(
+                    f"num_paths={pp.num_paths} but the tokenizer has only <think1>..<think{self.control.max_paths}>: "
+                    f"use at most {self.control.max_paths} paths (or `parathinker prepare --num-paths N`)"
+                )
+            ms = self.model.config.max_segments
+            if pp.thought_embeddings and ms and pp.num_paths >= ms:
+                raise ConfigError(f"num_paths={pp.num_paths} needs thought embeddings up to {pp.num_paths}; the model has {ms}")
+        budget = pp.max_path_tokens
+        if spec.forced_paths is not None:
+            budget = max(len(p) for p in spec.forced_paths)
+        summary_len = 1 + len(spec.summary_prefix_ids) + pp.summary_max_tokens
+        if spec.forced_summary is not None:
+            summary_len = 1 + len(spec.forced_summary)
+        ctx = self.model.config.max_position_embeddings
+        if ctx <= L:
+            raise PromptTooLongError(f"the prompt has {L} tokens; the model's context is {ctx}")
+        if pp.mode in ("sequential", "majority"):
+            last = L + budget
+            pages = self.pool.pages_for(L) + pp.paths_per_request * self.pool.pages_for(budget)
+        else:
+            paths_span = (budget + 2) * (pp.num_paths if pp.flat_positions else 1)
+            last = L + paths_span + summary_len
+            pages = self.pool.pages_for(L) + pp.num_paths * self.pool.pages_for(budget + 2)
+            pages += self.pool.pages_for(summary_len)
+            if pp.mode == "reprefill":
+                pages += self.pool.pages_for(L + pp.num_paths * (budget + 2) + summary_len)
+        if last > ctx:
+            raise PromptTooLongError(
+                f"prompt ({L}) + budgets reach position {last}, past the model's context of {ctx}: "
+                "lower --max-path-tokens / --summary-max-tokens"
+            )
+        if pages > self.pool.usable_pages:
+            self.pool.admit(-1, pages)  # raises OutOfPagesError with the fix
+        return pages
+
+    # ---------------------------------------------------------------- main loop
+    def run(self, specs: list[RequestSpec], on_finish: Callable[[Request], None] | None = None) -> list[Request]:
+        """Run requests to completion (all admitted ones decode together); return them in input order."""
+        needs = [self.check(s) for s in specs]
+        reqs = []
+        for spec in specs:
+            g = torch.Generator(device="cpu")
+            g.manual_seed(spec.sampling.seed if spec.sampling.seed is not None else torch.seed())
+            reqs.append(Request(self._next_id, spec, g))
+            self._next_id += 1
+        waiting = deque(zip(reqs, needs))
+        active: list[Request] = []
+        while waiting or active:
+            while waiting and self.pool.can_admit(waiting[0][1]):
+                req, need = waiting.popleft()
+                self.pool.admit(req.id, need)
+                self._prefill(req)
+                active.append(req)
+            self._step(active)
+            for req in [r for r in active if r.phase == "done"]:
+                active.remove(req)
+                self._release(req)
+                if on_finish:
+                    on_finish(req)
+        return reqs
+
+    def _step(self, active: list[Request]) -> None:
+        seqs = [s for r in active for s in self._live(r) if s.pending]
+        if not seqs:
+            for r in active:
+                self._advance(r)
+            return
+        singles = [s for s in seqs if len(s.pending) == 1 and s.visibility is None]
+        groups = [[s] for s in seqs if s not in singles]
+        if singles:
+            groups.insert(0, singles)
+        for group in groups:
+            chunks = [self._chunk(s) for s in group]
+            logits = self.runner.forward(chunks)
+            self._consume(group, logits)
+        for r in active:
+            self._advance(r)
+
+    # ---------------------------------------------------------------- phases
+    def _prefill(self, req: Request) -> None:
+        req.mark("start")
+        L = req.prompt_len
+        req.prompt_run = self.pool.new_run()
+        slots = self.pool.extend(req.prompt_run, L, req.id)
+        chunk = Chunk(req.spec.prompt_ids, list(range(L)), [0] * L, slots, req.prompt_run.slots())
+        (logits,) = self.runner.forward([chunk])
+        req.stats["prefill_tokens"] += L
+        req.mark("prefill")
+        req.phase = "paths"
+        pp = req.pp
+        if pp.mode in ("sequential", "majority"):
+            for k in range(pp.paths_per_request):
+                req.seqs.append(self._new_seq(req, "sample", k + 1, k, self._banned_plain, frozenset(self.eos_ids)))
+            self._consume(req.seqs, [logits] * len(req.seqs))
+            return
+        c = self.control
+        assert c is not None
+        for k in range(pp.num_paths):
+            i = k + 1
+            s = self._new_seq(req, "path", i, k, torch.tensor(c.banned_in_path(i)), frozenset(c.path_end_ids(i)))
+            s.segment = req.layout.segment(i)
+            s.pending = [c.think_open[i - 1]]
+            if req.spec.forced_paths is not None:
+                s.forced = list(req.spec.forced_paths[k])
+            req.seqs.append(s)
+
+    def _new_seq(self, req: Request, kind, index: int, order: int, banned, end_ids) -> Seq:  # noqa: ANN001
+        assert req.prompt_run is not None
+        own = self.pool.new_run()
+        budget = req.pp.max_path_tokens
+        if req.spec.forced_paths is not None:
+            budget = max(len(p) for p in req.spec.forced_paths)
+        return Seq(req, kind, index, order, [self.pool.share(req.prompt_run), own], own, 0, banned, end_ids, budget)
+
+    def _start_summary(self, req: Request) -> None:
+        c = self.control
+        assert c is not None and req.prompt_run is not None
+        req.mark("paths")
+        req.phase = "summary"
+        prefix = list(req.spec.summary_prefix_ids)
+        budget = req.pp.summary_max_tokens
+        if req.spec.forced_summary is not None:
+            prefix, budget = [], len(req.spec.forced_summary)
+        banned = torch.tensor(c.banned_in_summary())
+        own = self.pool.new_run()
+        if req.pp.mode == "reprefill":
+            bodies = [s.body for s in req.seqs]
+            packed = pack(req.spec.prompt_ids, bodies, prefix, c, config=req.layout, close_summary=False)
+            s = Seq(req, "reprefill", 0, 0, [own], own, 0, banned, frozenset(c.summary_end_ids()), budget)
+            s.pending, s.pending_positions, s.pending_segments = packed.input_ids, packed.positions, packed.segment_ids
+            s.visibility = packed.visibility()
+            s.next_position, s.t0 = packed.positions[-1] + 1, len(packed)
+        else:
+            reads = [self.pool.share(req.prompt_run)] + [self.pool.share(p.own) for p in req.seqs] + [own]
+            s = Seq(req, "summary", 0, 0, reads, own, 0, banned, frozenset(c.summary_end_ids()), budget)
+            s.pending = [c.summary_open, *prefix]
+        if req.spec.forced_summary is not None:
+            s.forced = list(req.spec.forced_summary)
+        req.summary = s
+
+    def _advance(self, req: Request) -> None:
+        """Termination and phase changes, after a step's tokens were accepted."""
+        if req.phase == "paths":
+            if req.pp.mode in ("sequential", "majority"):
+                if all(s.finished for s in req.seqs):
+                    req.mark("paths")
+                    req.phase = "done"
+                return
+            if not req.cut and sum(s.finished for s in req.seqs) >= self._quorum(req):
+                req.cut = True
+                for s in req.seqs:
+                    if not s.finished:  # drop the token sampled this step, close with </think i>
+                        if s.pending and s.body and s.pending[-1] == s.body[-1]:
+                            s.body.pop()
+                            s.logprobs.pop()
+                        s.pending = [self.control.think_close[s.index - 1]]  # type: ignore[union-attr]
+                        s.finish("cut")
+            if all(s.finished and not s.pending for s in req.seqs):
+                self._start_summary(req)
+        elif req.phase == "summary" and req.summary is not None and req.summary.finished:
+            req.mark("summary")
+            req.phase = "done"
+
+    def _quorum(self, req: Request) -> int:
+        if req.spec.forced_paths is not None:
+            return len(req.seqs)
+        return req.pp.finish_quorum
+
+    def _live(self, req: Request) -> list[Seq]:
+        if req.phase == "paths":
+            return req.seqs
+        if req.phase == "summary" and req.summary is not None:
+            return [req.summary]
+        return []
+
+    # ---------------------------------------------------------------- per step
+    def _chunk(self, s: Seq) -> Chunk:
+        req, n = s.req, len(s.pending)
+        slots = self.pool.extend(s.own, n, req.id)
+        if s.pending_positions is not None:
+            pos, seg = s.pending_positions, s.pending_segments or [0] * n
+        else:
+            pos = [self._position(s, s.t + j) for j in range(n)]
+            seg = [s.segment] * n
+        read = [slot for r in s.reads for slot in r.slot_list]
+        chunk = Chunk(s.pending, pos, seg, slots, read, s.visibility)
+        key = {"path": "path_tokens", "sample": "path_tokens", "summary": "summary_tokens"}.get(s.kind, "reprefill_tokens")
+        req.stats[key] += n
+        s.t += n
+        s.pending, s.pending_positions, s.pending_segments, s.visibility = [], None, None, None
+        return chunk
+
+    def _position(self, s: Seq, t: int) -> int:
+        req = s.req
+        L = req.prompt_len
+        if s.kind == "path":
+            return req.layout.path_position(L, s.order, t, req.stride)
+        if s.kind == "summary":
+            lens = [p.t for p in req.seqs]  # every path is closed and cached by now
+            return req.layout.summary_position(L, lens, t, req.stride)
+        if s.kind == "reprefill":  # decoding after the packed chunk, which carried its own positions
+            assert s.next_position is not None
+            return s.next_position + t - s.t0
+        return L + t  # plain sample
+
+    def _consume(self, seqs: list[Seq], logits: list[torch.Tensor]) -> None:
+        """Pick the next token of each sequence that still decodes (sampled, or forced when scoring)."""
+        todo = [(s, lg) for s, lg in zip(seqs, logits) if not s.finished]
+        if not todo:
+            return
+        stacked = torch.stack([lg for _, lg in todo])  # (N, V)
+        logp = torch.log_softmax(stacked.float(), dim=-1)
+        free = [k for k, (s, _) in enumerate(todo) if s.forced is None]
+        tokens: list[int] = [0] * len(todo)
+        if free:
+            rows = [Row(todo[k][0].req.spec.sampling, todo[k][0].req.generator, todo[k][0].banned) for k in free]
+            for k, tok in zip(free, sample(stacked[free], rows)):
+                tokens[k] = tok
+        for k, (s, _) in enumerate(todo):
+            if s.forced is not None:
+                if not s.forced:
+                    s.finish("end")
+                    continue
+                tokens[k] = s.forced.pop(0)
+            self._accept(s, tokens[k], float(logp[k, tokens[k]]))
+
+    def _accept(self, s: Seq, tok: int, logprob: float) -> None:
+        if tok in s.end_ids:
+            s.end_logprob = logprob
+            s.finish("end")
+            if s.kind == "path":
+                s.pending = [self.control.think_close[s.index - 1]]  # type: ignore[union-attr]
+            return
+        if len(s.body) >= s.budget:
+            s.finish("length")
+            if s.kind == "path":
+                s.pending = [self.control.think_close[s.index - 1]]  # type: ignore[union-attr]
+            return
+        s.body.append(tok)
+        s.logprobs.append(logprob)
+        s.pending = [tok]
+
+    def _release(self, req: Request) -> None:
+        req.mark("end")
+        for s in [*req.seqs, *([req.summary] if req.summary else [])]:
+            for r in s.reads:
+                self.pool.release(r)
+        if req.prompt_run is not None:
+            self.pool.release(req.prompt_run)
+        self.pool.finish(req.id)
+        m, st = req.marks, req.stats
+        st["time_prefill"] = m["prefill"] - m["start"]
+        st["time_paths"] = m.get("paths", m["end"]) - m["prefill"]
+        st["time_summary"] = m["end"] - m["paths"] if "summary" in m else 0.0
+        st["time_total"] = m["end"] - m["start"]
+        st["forwards"] = self.runner.num_forwards
+

@@ -1,0 +1,202 @@
+"""The public entry point: ``LLM(model_dir).generate(prompts, ParallelParams(...), SamplingParams(...))``."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..answers import extract_boxed, majority_vote
+from ..errors import ConfigError, TokenizerError
+from ..layout import IGNORE_INDEX, pack
+from ..model import load_model
+from ..tokens import ControlTokens, load_tokenizer
+from .engine import Engine
+from .kv_cache import CacheConfig
+from .outputs import PathOutput, RequestOutput, ScoreOutput, SummaryOutput
+from .params import ParallelParams, SamplingParams
+from .prompting import PromptStyle, encode_prompt, format_prompt
+from .sequence import Request, RequestSpec
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """A checkpoint directory; ``None`` means the bundled default model."""
+    if model is None:
+        from ..assets import default_model_dir
+
+        return default_model_dir()
+    return Path(model).expanduser()
+
+
+class LLM:
+    """A ParaThinker (or plain) checkpoint loaded for inference.
+
+    >>> llm = LLM("path/to/checkpoint", device="cpu")
+    >>> out = llm.generate(["What is 2+3?"], ParallelParams(num_paths=4), SamplingParams(seed=0))[0]
+    >>> out.answer, out.summary.text, out.paths[0].text, out.stats
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        device: str = "cpu",
+        dtype: str | torch.dtype = "auto",
+        cache: CacheConfig | None = None,
+        prompt_style: PromptStyle | None = None,
+    ):
+        path = resolve_model_path(model)
+        self.path = path
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+        self.model = load_model(path, dtype=dtype, device=device)
+        self.tokenizer = load_tokenizer(path)
+        self.style = prompt_style or PromptStyle.from_checkpoint(path)
+        eos = _eos_ids(path, self.tokenizer)
+        try:
+            self.control: ControlTokens | None = ControlTokens.from_tokenizer(self.tokenizer, eos)
+        except TokenizerError:
+            self.control = None
+        self.eos_ids = eos
+        self.engine = Engine(self.model, self.control, eos, cache)
+
+    # ------------------------------------------------------------------ prompting
+    def format_prompt(self, question: str, raw: bool = False) -> str:
+        return format_prompt(self.tokenizer, question, self.style, raw)
+
+    def encode_prompt(self, question: str, raw: bool = False) -> list[int]:
+        return encode_prompt(self.tokenizer, question, self.style, raw)
+
+    def default_params(self) -> tuple[ParallelParams, SamplingParams]:
+        """The checkpoint's defaults (``parathinker.json``) over the library's."""
+        return ParallelParams(**self.style.parallel), SamplingParams(**self.style.sampling)
+
+    def _resolve(self, parallel: ParallelParams | None, sampling: SamplingParams | None):
+        dp, ds = self.default_params()
+        parallel = parallel or dp
+        if parallel.summary_prefix is None:
+            parallel = replace(parallel, summary_prefix=self.style.summary_prefix)
+        return parallel, sampling or ds
+
+    def _encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    # ------------------------------------------------------------------ generate
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        parallel: ParallelParams | None = None,
+        sampling: SamplingParams | None = None,
+        *,
+        raw: bool = False,
+        progress: bool = False,
+    ) -> list[RequestOutput]:
+        """Think in parallel about each prompt; all requests decode together."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        parallel, sampling = self._resolve(parallel, sampling)
+        prefix = self._encode_text(parallel.summary_prefix or "")
+        specs = []
+        for i, p in enumerate(prompts):
+            sp = sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + i)
+            specs.append(RequestSpec(self.encode_prompt(p, raw), parallel, sp, prefix))
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(specs), desc="requests", unit="req")
+        reqs = self.engine.run(specs, on_finish=(lambda r: bar.update(1)) if bar else None)
+        if bar:
+            bar.close()
+        return [self._output(p, r) for p, r in zip(prompts, reqs)]
+
+    def _output(self, prompt: str, req: Request) -> RequestOutput:
+        pp = req.pp
+        paths = [
+            PathOutput(s.index, self._decode(s.body), list(s.body), s.finish_reason or "", list(s.logprobs))
+            for s in req.seqs
+        ]
+        for p in paths:
+            p.answer = extract_boxed(p.text)
+        summary, votes = None, {}
+        if req.summary is not None:
+            s = req.summary
+            prefix = pp.summary_prefix or ""
+            text = self._decode(s.body)
+            full = f"{prefix} {text}" if prefix and text and not text.startswith(" ") else prefix + text
+            summary = SummaryOutput(full, list(s.body), s.finish_reason or "", prefix, list(s.logprobs))
+            answer = extract_boxed(summary.text)
+        elif pp.mode == "majority":
+            answer, votes = majority_vote(p.answer for p in paths)
+        else:
+            answer = paths[0].answer
+        stats = dict(req.stats)
+        stats["num_paths"] = len(paths)
+        stats["generated_tokens"] = sum(p.num_tokens for p in paths) + (summary.num_tokens if summary else 0)
+        return RequestOutput(prompt, list(req.spec.prompt_ids), pp.mode, paths, summary, answer, votes, stats)
+
+    # ------------------------------------------------------------------ score
+    def score(
+        self,
+        prompt: str | Sequence[int],
+        paths: Sequence[str | Sequence[int]],
+        summary: str | Sequence[int],
+        parallel: ParallelParams | None = None,
+        *,
+        raw: bool = False,
+    ) -> ScoreOutput:
+        """Teacher-forced log-probs of ``prompt | paths | summary`` through the engine's own path.
+
+        The prompt is prefilled once, the paths are decoded as one batch token by token, the
+        summary reads their KV in place (or re-prefills, with ``mode="reprefill"``). Strings are
+        tokenized (the prompt formatted as in ``generate`` unless ``raw``); id lists are used as is.
+        """
+        c = self.control
+        if c is None:
+            raise TokenizerError("scoring a ParaThinker layout needs the control tokens: run `parathinker prepare`")
+        prompt_ids = self.encode_prompt(prompt, raw) if isinstance(prompt, str) else list(prompt)
+        bodies = [self._encode_text(p) if isinstance(p, str) else list(p) for p in paths]
+        summary_ids = self._encode_text(summary) if isinstance(summary, str) else list(summary)
+        parallel = parallel or ParallelParams(num_paths=len(bodies))
+        parallel = replace(parallel, num_paths=len(bodies), termination="last", summary_prefix="")
+        packed = pack(prompt_ids, bodies, summary_ids, c, config=parallel.layout)
+        spec = RequestSpec(
+            prompt_ids, parallel, SamplingParams(temperature=0.0), [],
+            forced_paths=[[*b, c.think_close[i]] for i, b in enumerate(bodies)],
+            forced_summary=[*summary_ids, c.summary_close],
+        )
+        t0 = time.perf_counter()
+        (req,) = self.engine.run([spec])
+        lp = [math.nan] * len(packed)
+        for s, (a, b) in zip(req.seqs, packed.path_spans):
+            lp[a : b - 1] = [*s.logprobs, s.end_logprob]
+        assert req.summary is not None and packed.summary_span is not None
+        a, b = packed.summary_span
+        lp[a : b - 1] = [*req.summary.logprobs, req.summary.end_logprob]
+        for k, lab in enumerate(packed.labels):
+            if lab == IGNORE_INDEX:
+                lp[k] = math.nan
+        stats = dict(req.stats, time_total=time.perf_counter() - t0)
+        return ScoreOutput(packed, lp, stats)
+
+
+def _eos_ids(path: Path, tokenizer: Any) -> tuple[int, ...]:
+    ids: list[int] = []
+    gen = path / "generation_config.json"
+    if gen.is_file():
+        try:
+            e = json.loads(gen.read_text()).get("eos_token_id")
+            ids += e if isinstance(e, list) else ([e] if e is not None else [])
+        except (OSError, ValueError):
+            pass
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return tuple(dict.fromkeys(int(i) for i in ids))

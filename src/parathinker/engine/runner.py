@@ -1,0 +1,62 @@
+"""Model runner: owns the model and the KV pool; turns a list of sequence chunks into one forward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..model import ParaThinkerForCausalLM
+from .attention import PagedReference, build_metadata
+from .kv_cache import CacheConfig, KVCache
+
+
+@dataclass
+class Chunk:
+    """New tokens of one sequence for one forward. Their slots are already allocated (last in ``read_slots``)."""
+
+    tokens: list[int]
+    positions: list[int]
+    segments: list[int]
+    new_slots: list[int]
+    read_slots: list[int]
+    visibility: torch.Tensor | None = None  # (n, n) bool among the new tokens; None = causal
+    all_logits: bool = False  # logits for every new token (scoring) instead of the last one only
+
+
+class ModelRunner:
+    def __init__(self, model: ParaThinkerForCausalLM, cache_config: CacheConfig):
+        self.model = model
+        self.device = model.device
+        self.kv = KVCache(model.config, cache_config, model.dtype, self.device)
+        self.num_forwards = 0
+
+    @torch.inference_mode()
+    def forward(self, chunks: list[Chunk]) -> list[torch.Tensor]:
+        """One batched forward; per chunk: logits (V,) of its last token, or (n, V) if ``all_logits``."""
+        B, T = len(chunks), max(len(c.tokens) for c in chunks)
+        ids = torch.zeros(B, T, dtype=torch.long)
+        pos = torch.zeros(B, T, dtype=torch.long)
+        seg = torch.zeros(B, T, dtype=torch.long)
+        for b, c in enumerate(chunks):
+            n = len(c.tokens)
+            ids[b, :n] = torch.tensor(c.tokens)
+            pos[b, :n] = torch.tensor(c.positions)
+            seg[b, :n] = torch.tensor(c.segments)
+        meta = build_metadata(
+            [c.new_slots for c in chunks], [c.read_slots for c in chunks], [c.visibility for c in chunks], self.device
+        )
+        dev = self.device
+        hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), PagedReference(self.kv.data, meta))
+        self.num_forwards += 1
+        want_all = [c.all_logits for c in chunks]
+        lengths = torch.tensor([len(c.tokens) for c in chunks], device=dev)
+        if not any(want_all):
+            last = hidden[torch.arange(B, device=dev), lengths - 1]  # (B, D)
+            return list(self.model.logits(last).unbind(0))
+        out = []
+        for b, c in enumerate(chunks):
+            h = hidden[b, : len(c.tokens)] if c.all_logits else hidden[b, len(c.tokens) - 1 : len(c.tokens)]
+            lg = self.model.logits(h)
+            out.append(lg if c.all_logits else lg[0])
+        return out

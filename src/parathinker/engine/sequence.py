@@ -1,0 +1,104 @@
+"""Per-request and per-sequence state of the engine (no model code here)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from ..layout import LayoutConfig
+from .block_manager import Run
+from .params import ParallelParams, SamplingParams
+
+Kind = Literal["path", "sample", "summary", "reprefill"]
+
+
+@dataclass
+class RequestSpec:
+    """One prompt to run. ``forced`` (scoring) gives the tokens to teacher-force instead of sampling."""
+
+    prompt_ids: list[int]
+    parallel: ParallelParams
+    sampling: SamplingParams
+    summary_prefix_ids: list[int] = field(default_factory=list)
+    forced_paths: list[list[int]] | None = None  # bodies + own close token, per path
+    forced_summary: list[int] | None = None  # summary body + </summary>
+
+
+@dataclass(eq=False)
+class Seq:
+    """A sequence that decodes: a path, a plain sample, or a summary.
+
+    It reads ``reads`` (runs shared with others, its own run last) and writes ``own``. ``pending``
+    holds the tokens to feed in the next forward (sampled or forced, not yet in the cache);
+    ``t`` counts the tokens already in its own run, the layout turns ``t`` into positions.
+    """
+
+    req: Request
+    kind: Kind
+    index: int  # think index (paths, 1-based), sample number, or 0
+    order: int  # 0-based order among the request's paths
+    reads: list[Run]
+    own: Run
+    segment: int
+    banned: torch.Tensor
+    end_ids: frozenset[int]
+    budget: int
+    pending: list[int] = field(default_factory=list)
+    pending_positions: list[int] | None = None  # explicit positions (re-prefill chunk)
+    pending_segments: list[int] | None = None
+    visibility: torch.Tensor | None = None
+    t: int = 0
+    body: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    forced: list[int] | None = None
+    finished: bool = False
+    finish_reason: str | None = None
+    next_position: int | None = None  # re-prefill summary: continues after the packed sequence
+    t0: int = 0  # re-prefill summary: length of the packed chunk
+    end_logprob: float = float("nan")  # raw log-prob of the token that ended it
+
+    def finish(self, reason: str) -> None:
+        self.finished = True
+        self.finish_reason = reason
+
+
+@dataclass(eq=False)
+class Request:
+    id: int
+    spec: RequestSpec
+    generator: torch.Generator
+    prompt_run: Run | None = None
+    phase: Literal["waiting", "paths", "summary", "done"] = "waiting"
+    seqs: list[Seq] = field(default_factory=list)
+    summary: Seq | None = None
+    cut: bool = False
+    prefill_logits: torch.Tensor | None = None
+    stats: dict[str, float] = field(
+        default_factory=lambda: dict(prefill_tokens=0, path_tokens=0, summary_tokens=0, reprefill_tokens=0)
+    )
+    marks: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pp(self) -> ParallelParams:
+        return self.spec.parallel
+
+    @property
+    def layout(self) -> LayoutConfig:
+        return self.spec.parallel.layout
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.spec.prompt_ids)
+
+    @property
+    def stride(self) -> int:
+        """Flat-position stride at inference: the longest a path can be (budget + both control tokens)."""
+        if self.spec.forced_paths is not None:
+            return max(len(p) for p in self.spec.forced_paths) + 1
+        return self.pp.max_path_tokens + 2
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.perf_counter()

@@ -1,0 +1,107 @@
+"""Model configuration read from a Hugging Face ``config.json`` (Qwen2 and Llama families)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import CheckpointError
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The decoder's shape. ``hf`` keeps the transformers config (RoPE scaling is computed from it)."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    hidden_act: str
+    max_position_embeddings: int
+    max_segments: int
+    torch_dtype: str
+    hf: Any  # transformers.PretrainedConfig
+
+    @classmethod
+    def from_hf(cls, hf: Any, max_segments: int | None = None) -> ModelConfig:
+        mt = getattr(hf, "model_type", None)
+        if mt not in SUPPORTED_MODEL_TYPES:
+            raise CheckpointError(
+                f"unsupported architecture {mt!r}: parathinker runs {', '.join(SUPPORTED_MODEL_TYPES)} "
+                "(Qwen2/DeepSeek-R1-Distill-Qwen, Llama/DeepSeek-R1-Distill-Llama/SmolLM2) checkpoints"
+            )
+        if getattr(hf, "use_sliding_window", False):
+            raise CheckpointError("sliding-window attention (use_sliding_window=true) is not supported")
+        heads = hf.num_attention_heads
+        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // heads
+        act = getattr(hf, "hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise CheckpointError(f"unsupported activation {act!r} (only silu)")
+        dtype = getattr(hf, "dtype", None) or getattr(hf, "torch_dtype", None) or "float32"
+        ms = max_segments if max_segments is not None else int(getattr(hf, "max_segments", 0) or 0)
+        return cls(
+            model_type=mt,
+            vocab_size=hf.vocab_size,
+            hidden_size=hf.hidden_size,
+            intermediate_size=hf.intermediate_size,
+            num_layers=hf.num_hidden_layers,
+            num_heads=heads,
+            num_kv_heads=getattr(hf, "num_key_value_heads", None) or heads,
+            head_dim=head_dim,
+            rms_norm_eps=hf.rms_norm_eps,
+            tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
+            qkv_bias=True if mt == "qwen2" else bool(getattr(hf, "attention_bias", False)),
+            o_bias=False if mt == "qwen2" else bool(getattr(hf, "attention_bias", False)),
+            mlp_bias=bool(getattr(hf, "mlp_bias", False)),
+            hidden_act=act,
+            max_position_embeddings=getattr(hf, "max_position_embeddings", 32768),
+            max_segments=ms,
+            torch_dtype=str(dtype).replace("torch.", ""),
+            hf=hf,
+        )
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> ModelConfig:
+        """Read ``config.json`` of a checkpoint directory; errors say what is missing."""
+        from transformers import AutoConfig
+
+        path = Path(path)
+        cfg_file = path / "config.json"
+        if not path.is_dir():
+            raise CheckpointError(f"model directory {str(path)!r} does not exist (pass --model DIR with a HF checkpoint)")
+        if not cfg_file.is_file():
+            raise CheckpointError(f"{cfg_file} is missing: {str(path)!r} is not a Hugging Face checkpoint directory")
+        try:
+            raw = json.loads(cfg_file.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"cannot read {cfg_file}: {e}") from None
+        if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
+            cls.from_hf(type("C", (), {"model_type": raw.get("model_type")})())  # raises the clear error
+        try:
+            hf = AutoConfig.from_pretrained(str(path))
+        except Exception as e:  # transformers raises many types for broken configs
+            raise CheckpointError(f"cannot parse {cfg_file}: {e}") from None
+        return cls.from_hf(hf, max_segments=int(raw.get("max_segments", 0) or 0))
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V for one token across all layers, in the given element size (see cache)."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        d = self.hf.to_dict()
+        d["max_segments"] = self.max_segments
+        return d

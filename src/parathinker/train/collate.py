@@ -1,0 +1,299 @@
+"""From validated records to padded training batches, through ``parathinker.layout.pack``.
+
+Per example and epoch (seeded by ``seed:epoch:index``, so any process, worker or resumed run
+draws the same): a subset of the record's paths (all of them unless ``min_paths`` is set), in
+random order, given think indices drawn from 1..N (N = the tokenizer's ``<thinkN>``) and sorted so
+the sequence order follows the index order, as at inference. This generalises the paper's
+relabelling (paths 7 and 8 in 30% of batches): every ``<think i>`` and thought-embedding row up to
+N gets trained.
+
+Truncation policy for examples longer than ``max_length`` (counted, logged, never silent):
+1. drop paths from the end of the drawn order until the example fits or one path is left;
+2. then cut the body of the remaining longest path from its end; it keeps its ``</think i>`` in
+   the sequence (the summary sees a closed path, as under First-Finish) but gets no loss on it
+   (the model should not learn to stop mid-thought).
+Examples whose prompt plus summary alone do not fit are skipped when the dataset is built,
+with their ids logged.
+
+``sequential`` (the paper's "data without architecture" control): prompt + one drawn path +
+``</think>`` separator + summary + EOS as one causal stream, loss on everything after the prompt;
+over-long examples lose the end of the path.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..layout import IGNORE_INDEX, PROMPT, SUMMARY, LayoutConfig, PackedSequence, pack
+from ..tokens import ControlTokens
+from .data import Record
+
+log = logging.getLogger(__name__)
+
+PAD_KIND = -2  # kind of padding tokens (see PackedSequence.kinds for the others)
+STATS = ("truncated", "dropped_paths", "cut_tokens")  # per-example counters carried in each batch
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    """How records become sequences. Fields are CLI flags of `parathinker train`."""
+
+    max_length: int = field(default=28672, metadata={"help": "longest packed example in tokens"})
+    min_paths: int = field(
+        default=0, metadata={"help": "0: every path of an example; k: a random number of paths in k..all"}
+    )
+    relabel_prob: float = field(
+        default=1.0, metadata={"help": "chance an example gets random think indices from 1..N (else 1..k)"}
+    )
+    flat_positions: bool = field(default=False, metadata={"help": "ablation: path k at L + k*stride + t"})
+    thought_embeddings: bool = field(
+        default=True, metadata={"help": "ablation: --no-thought-embeddings sets segment ids to 0 and freezes the tables"}
+    )
+    sequential: bool = field(default=False, metadata={"help": "ablation: plain SFT on one path + summary"})
+
+    def __post_init__(self) -> None:
+        if self.max_length < 8:
+            raise ConfigError(f"max_length must be >= 8, got {self.max_length}")
+        if self.min_paths < 0:
+            raise ConfigError(f"min_paths must be >= 0 (0 = all paths), got {self.min_paths}")
+        if not 0.0 <= self.relabel_prob <= 1.0:
+            raise ConfigError(f"relabel_prob must be in [0, 1], got {self.relabel_prob}")
+
+    @property
+    def layout(self) -> LayoutConfig:
+        return LayoutConfig(flat_positions=self.flat_positions, thought_embeddings=self.thought_embeddings)
+
+
+@dataclass
+class Encoded:
+    """A record's token ids (int32 arrays keep memory at 4 bytes a token)."""
+
+    id: str
+    prompt: np.ndarray
+    paths: list[np.ndarray]
+    summary: np.ndarray
+
+
+def _ids(x: Sequence[int]) -> np.ndarray:
+    return np.asarray(x, dtype=np.int32)
+
+
+def prompt_ids(tokenizer, record: Record, style=None, raw: bool = False) -> list[int]:  # noqa: ANN001
+    """The prompt's token ids, formatted exactly as the engine formats a question."""
+    from ..engine.prompting import encode_prompt
+
+    if record.prompt is not None:
+        return encode_prompt(tokenizer, record.prompt, style, raw)
+    msgs = [dict(m) for m in record.messages or ()]
+    if raw or not getattr(tokenizer, "chat_template", None):
+        return list(tokenizer.encode("\n".join(m["content"] for m in msgs), add_special_tokens=True))
+    text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    if "<think>" in tokenizer.get_vocab() and not text.rstrip().endswith("<think>"):
+        text += "<think>\n"  # as engine.prompting.format_prompt: the assistant turn opens with <think>
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def encode_records(records: Sequence[Record], tokenizer, style=None, raw: bool = False) -> list[Encoded]:  # noqa: ANN001
+    """Tokenize prompts, paths and summaries (bodies without special tokens)."""
+    out = []
+    for r in records:
+        bodies = tokenizer(list(r.paths) + [r.summary], add_special_tokens=False)["input_ids"]
+        out.append(Encoded(r.id, _ids(prompt_ids(tokenizer, r, style, raw)), [_ids(b) for b in bodies[:-1]], _ids(bodies[-1])))
+    return out
+
+
+def sequential_separator(tokenizer) -> list[int]:  # noqa: ANN001
+    """Tokens between the path and the summary in the sequential control: close the think block."""
+    text = "\n</think>\n\n" if "</think>" in tokenizer.get_vocab() else "\n\n"
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def min_length(enc: Encoded, cfg: PackConfig, sep_len: int = 0) -> int:
+    """Shortest sequence an example can be cut to (prompt + summary + an empty path)."""
+    if cfg.sequential:
+        return len(enc.prompt) + sep_len + len(enc.summary) + 1
+    return len(enc.prompt) + 2 + len(enc.summary) + 2
+
+
+def full_length(enc: Encoded, cfg: PackConfig, sep_len: int = 0) -> int:
+    """Length with every path (layout) or the longest path (sequential)."""
+    lens = [len(p) for p in enc.paths]
+    if cfg.sequential:
+        return min_length(enc, cfg, sep_len) + max(lens)
+    return len(enc.prompt) + sum(n + 2 for n in lens) + len(enc.summary) + 2
+
+
+def pack_example(
+    enc: Encoded,
+    tokens: ControlTokens,
+    cfg: PackConfig,
+    rng: random.Random,
+    *,
+    sep_ids: Sequence[int] = (),
+    eos_id: int | None = None,
+) -> tuple[PackedSequence, tuple[int, int, int]]:
+    """Draw paths and indices, apply the truncation policy, lay the example out.
+
+    Returns the packed sequence and the counters ``(truncated, dropped_paths, cut_tokens)``.
+    """
+    if cfg.sequential:
+        return _pack_sequential(enc, cfg, rng, sep_ids, eos_id)
+    n_avail = len(enc.paths)
+    n_max = tokens.max_paths
+    if n_avail > n_max:
+        raise ConfigError(f"example {enc.id!r} has {n_avail} paths but the tokenizer only <think1>..<think{n_max}>")
+    k = n_avail if cfg.min_paths == 0 else rng.randint(min(cfg.min_paths, n_avail), n_avail)
+    order = rng.sample(range(n_avail), k)
+    if rng.random() < cfg.relabel_prob:
+        idx = sorted(rng.sample(range(1, n_max + 1), k))
+    else:
+        idx = list(range(1, k + 1))
+    bodies = [enc.paths[j].tolist() for j in order]
+
+    fixed = len(enc.prompt) + len(enc.summary) + 2
+    total = fixed + sum(len(b) + 2 for b in bodies)
+    dropped = cut = 0
+    while total > cfg.max_length and len(bodies) > 1:
+        total -= len(bodies.pop()) + 2
+        idx.pop()
+        dropped += 1
+    cut_path = None
+    if total > cfg.max_length:
+        cut_path = max(range(len(bodies)), key=lambda j: len(bodies[j]))
+        cut = total - cfg.max_length
+        bodies[cut_path] = bodies[cut_path][: len(bodies[cut_path]) - cut]
+    seq = pack(enc.prompt.tolist(), bodies, enc.summary.tolist(), tokens, think_indices=idx, config=cfg.layout)
+    if cut_path is not None:
+        end = seq.path_spans[cut_path][1]
+        seq.labels[end - 2] = IGNORE_INDEX  # no loss on the artificial </think i>
+    return seq, (int(dropped > 0 or cut > 0), dropped, cut)
+
+
+def _pack_sequential(enc, cfg, rng, sep_ids, eos_id) -> tuple[PackedSequence, tuple[int, int, int]]:  # noqa: ANN001
+    path = enc.paths[rng.randrange(len(enc.paths))].tolist()
+    tail = [*sep_ids, *enc.summary.tolist()] + ([eos_id] if eos_id is not None else [])
+    L = len(enc.prompt)
+    cut = max(0, L + len(path) + len(tail) - cfg.max_length)
+    if cut:
+        path = path[: len(path) - cut]
+    ids = enc.prompt.tolist() + path + tail
+    n = len(ids)
+    labels = [IGNORE_INDEX] * max(L - 1, 0) + ids[L:] + [IGNORE_INDEX]
+    seq = PackedSequence(
+        input_ids=ids, positions=list(range(n)), segment_ids=[0] * n, labels=labels[:n], kinds=[PROMPT] * n,
+        prompt_len=L, path_spans=[(L, n)], summary_span=None, think_indices=[],
+    )
+    return seq, (int(cut > 0), 0, cut)
+
+
+class MultiPathDataset(torch.utils.data.Dataset):
+    """Encoded examples, packed on access with an RNG seeded by (seed, epoch, index)."""
+
+    def __init__(
+        self,
+        encoded: Sequence[Encoded],
+        tokens: ControlTokens,
+        cfg: PackConfig,
+        *,
+        seed: int = 0,
+        sep_ids: Sequence[int] = (),
+        eos_id: int | None = None,
+    ):
+        self.cfg, self.tokens, self.seed = cfg, tokens, seed
+        self.sep_ids, self.eos_id = list(sep_ids), eos_id
+        self.epoch = 0
+        keep, skipped = [], []
+        for e in encoded:
+            (keep if min_length(e, cfg, len(sep_ids)) <= cfg.max_length else skipped).append(e)
+        self.examples = keep
+        self.skipped_ids = [e.id for e in skipped]
+        self.over_length = sum(full_length(e, cfg, len(sep_ids)) > cfg.max_length for e in keep)
+        if skipped:
+            log.warning(
+                "skipped %d of %d examples whose prompt + summary exceed max_length %d: %s%s",
+                len(skipped), len(encoded), cfg.max_length, ", ".join(self.skipped_ids[:10]),
+                " ..." if len(skipped) > 10 else "",
+            )
+        if self.over_length:
+            log.warning(
+                "%d of %d examples exceed max_length %d with all their paths; they are truncated "
+                "(paths dropped from the end, then the longest path cut); counts are in the metrics log",
+                self.over_length, len(keep), cfg.max_length,
+            )
+        if not keep:
+            raise ConfigError(f"no example fits in max_length {cfg.max_length}")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by accelerate's data loader at each epoch: a new draw of paths and indices."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = random.Random(f"{self.seed}:{self.epoch}:{i}")  # str seeds hash with sha512: stable everywhere
+        seq, stats = pack_example(
+            self.examples[i], self.tokens, self.cfg, rng, sep_ids=self.sep_ids, eos_id=self.eos_id
+        )
+        return {
+            "input_ids": seq.input_ids, "positions": seq.positions, "segment_ids": seq.segment_ids,
+            "labels": seq.labels, "kinds": seq.kinds, "stats": stats,
+        }
+
+
+def batch_visibility(kinds: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` kinds (PAD_KIND for padding) -> ``[B, T, T]`` bool visibility.
+
+    Equals ``layout.visibility_from_kinds`` on each example's real tokens; padding keys are hidden
+    from everyone and a padding query sees only itself (a row with no visible key would give NaN).
+    """
+    T = kinds.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=kinds.device).tril()
+    q, k = kinds[:, :, None], kinds[:, None, :]
+    allowed = (k == PROMPT) | (q == SUMMARY) | (q == k)
+    vis = causal & allowed & (q != PAD_KIND) & (k != PAD_KIND)
+    eye = torch.eye(T, dtype=torch.bool, device=kinds.device)
+    return vis | (eye & (q == PAD_KIND))
+
+
+def batch_bias(kinds: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[B, 1, T, T]`` additive mask (0 visible, dtype min hidden) for the model's dense path."""
+    vis = batch_visibility(kinds)[:, None]
+    return torch.zeros(vis.shape, dtype=dtype, device=kinds.device).masked_fill_(~vis, torch.finfo(dtype).min)
+
+
+@dataclass
+class Collator:
+    """Right-pads examples into ``[B, T]`` tensors.
+
+    ``dense_mask=True`` adds ``attn_bias`` ``[B, 1, T, T]``; the trainer sets it False and builds
+    the mask on the device from ``kinds`` instead (B*T*T floats are the biggest thing in a batch).
+    """
+
+    pad_id: int
+    pad_to_multiple_of: int = 1
+    dense_mask: bool = True
+    mask_dtype: torch.dtype = torch.float32
+
+    def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        m = max(1, self.pad_to_multiple_of)
+        T = -(-longest // m) * m
+        B = len(features)
+        pads = {"input_ids": self.pad_id, "positions": 0, "segment_ids": 0, "labels": IGNORE_INDEX, "kinds": PAD_KIND}
+        out = {key: torch.full((B, T), value, dtype=torch.long) for key, value in pads.items()}
+        for b, f in enumerate(features):
+            n = len(f["input_ids"])
+            for key in pads:
+                out[key][b, :n] = torch.as_tensor(f[key], dtype=torch.long)
+        out["stats"] = torch.tensor([f.get("stats", (0, 0, 0)) for f in features], dtype=torch.long)
+        if self.dense_mask:
+            out["attn_bias"] = batch_bias(out["kinds"], self.mask_dtype)
+        return out
