@@ -110,6 +110,7 @@ def _main_plots(out: Path, rows: Sequence[RowAverage], cells: Sequence[CellMetri
     written: list[Path] = []
     benches = _bench_order({c.benchmark for c in cells})
     methods = sorted({r.method for r in rows}, key=_method_rank)
+    color = {m: f"C{i % 10}" for i, m in enumerate(methods)}  # one colour per method in every plot
     all_p = sorted({r.paths for r in rows})
 
     def series(source: Sequence[Any], m: str) -> list[Any]:
@@ -119,26 +120,32 @@ def _main_plots(out: Path, rows: Sequence[RowAverage], cells: Sequence[CellMetri
                                                for b in benches]
     if len(benches) > 1:
         panels.append(("average", [r for r in rows if len(r.benchmarks) == len(benches)]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    for ax, (title, src) in zip(axes[0], panels):
+    ncol = min(3, len(panels))
+    nrow = (len(panels) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.8 * nrow), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, src) in zip(flat, panels):
         for m in methods:
             pts = series(src, m)
             if not pts:
                 continue
             if m.startswith("sequential"):
-                ax.axhline(pts[0].pass1, ls="--", lw=1.2, color="gray" if m == "sequential" else "black", label=m)
+                ax.axhline(pts[0].pass1, ls="--", lw=1.2, color=color[m], label=m)
                 continue
             xs = [x.paths for x in pts]
             ys = [x.pass1 for x in pts]
             err = [[y - x.pass1_ci[0] for x, y in zip(pts, ys)], [x.pass1_ci[1] - y for x, y in zip(pts, ys)]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m)
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=color[m], label=m)
         ax.set_xscale("log", base=2)
         ax.set_xticks(all_p, [str(p) for p in all_p])
         ax.set_title(title)
         ax.set_xlabel("parallel paths P")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("pass@1 (%)")
-    axes[0][-1].legend(fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("pass@1 (%)")
+    flat[len(panels) - 1].legend(fontsize=8)
     fig.tight_layout()
     written.append(out / "accuracy_vs_paths.png")
     fig.savefig(written[-1], dpi=110)
@@ -147,9 +154,9 @@ def _main_plots(out: Path, rows: Sequence[RowAverage], cells: Sequence[CellMetri
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for m in methods:
         pts = series(rows, m)
-        ax.plot([x.total_tokens for x in pts], [x.pass1 for x in pts], marker="o", label=m)
+        ax.plot([x.total_tokens for x in pts], [x.pass1 for x in pts], marker="o", color=color[m], label=m)
         for x in pts:
-            ax.annotate(f"P={x.paths}", (x.total_tokens, x.pass1), fontsize=7, xytext=(3, 3),
+            ax.annotate("seq" if m.startswith("sequential") else f"P={x.paths}", (x.total_tokens, x.pass1), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
     ax.set_xlabel("generated tokens per sample (mean)")
     ax.set_ylabel("pass@1 (%), average over benchmarks")
@@ -163,7 +170,10 @@ def _main_plots(out: Path, rows: Sequence[RowAverage], cells: Sequence[CellMetri
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for m in methods:
         pts = series(rows, m)
-        ax.plot([x.paths for x in pts], [x.latency for x in pts], marker="o", label=m)
+        if m.startswith("sequential"):
+            ax.axhline(pts[0].latency, ls="--", lw=1.2, color=color[m], label=m)
+            continue
+        ax.plot([x.paths for x in pts], [x.latency for x in pts], marker="o", color=color[m], label=m)
     ax.set_xscale("log", base=2)
     ax.set_xticks(all_p, [str(p) for p in all_p])
     ax.set_xlabel("parallel paths P")
