@@ -1,8 +1,11 @@
 """Run benchmarks x methods x P x samples through any LLM with the engine's ``generate``.
 
-Seeds: sample s of a row uses seed ``settings.seed + s``; run j of a voted sample s uses
-``settings.seed + s * k + j``. Calls batch several problems of one (row, sample) together,
-so they share SamplingParams. Each finished sample is appended to the log at once.
+Seeds: sample s of a row uses seed ``settings.seed + s * SEED_STRIDE``; run j of a voted
+sample s uses ``settings.seed + (s * k + j) * SEED_STRIDE``. Calls batch several problems of one
+(row, sample) together, so they share SamplingParams; the engine gives the i-th prompt of a call
+seed + i (logged as ``batch_index``), and the stride keeps those from colliding across samples.
+Batches are fixed chunks of the problem list, so a resumed run rebuilds the same batches and
+the same seeds. Each finished sample is appended to the log at once.
 
 Which text is graded: the summary for parathinker/reprefill (falling back to the engine's
 ``answer`` if the summary has no box), the single path for sequential, and for majority the
@@ -25,6 +28,13 @@ from .benchmarks import Problem
 from .grading import Extraction, extract_answer, is_equivalent, majority_vote
 from .runlog import AppendLog, Record, read_logs
 from .settings import EvalSettings, RunPlan, check_run_settings
+
+SEED_STRIDE = 10007  # > any batch size (RunPlan enforces it)
+
+
+def seed_for(base: int, sample: int, run: int = 0, runs: int = 1) -> int:
+    """Seed of run ``run`` (of ``runs`` voted runs) of sample ``sample``."""
+    return base + (sample * runs + run) * SEED_STRIDE
 
 
 class GenerateLLM(Protocol):
@@ -81,7 +91,7 @@ def _usage(out: Any, wall: float) -> dict[str, Any]:
 
 def make_record(
     problem: Problem, method: str, num_paths: int, sample: int, seeds: list[int],
-    outs: list[Any], walls: list[float], batch: int, save_text: bool = False,
+    outs: list[Any], walls: list[float], batch: int, save_text: bool = False, batch_index: int = 0,
 ) -> Record:
     """One log record for ``problem`` from its output(s): one, or k for a voted row."""
     graded = [graded_answer(method, o) for o in outs]
@@ -105,7 +115,7 @@ def make_record(
         "summary_tokens": sum(u["summary_tokens"] for u in usages),
         "total_tokens": sum(u["total_tokens"] for u in usages),
         "latency": sum(u["latency"] for u in usages),
-        "wall_time": sum(walls), "batch": batch,
+        "wall_time": sum(walls), "batch": batch, "batch_index": batch_index,
         "stats": usages[0]["stats"] if len(usages) == 1 else {},
     }
     if run_answers is not None:
@@ -144,7 +154,7 @@ def plan_batches(problems: dict[str, list[Problem]], plan: RunPlan, done: set[Ha
 
 def _run_batch(llm: GenerateLLM, b: Batch, plan: RunPlan, settings: EvalSettings) -> list[Record]:
     runs = plan.vote if "+maj" in b.method else 1
-    seeds = [settings.seed + b.sample * runs + j for j in range(runs)]
+    seeds = [seed_for(settings.seed, b.sample, j, runs) for j in range(runs)]
     pp = settings.parallel(b.method, b.num_paths)
     prompts = [settings.prompt(pr.problem) for pr in b.problems]
     per_run: list[tuple[list[Any], float]] = []
@@ -156,7 +166,7 @@ def _run_batch(llm: GenerateLLM, b: Batch, plan: RunPlan, settings: EvalSettings
             raise RuntimeError(f"generate returned {len(outs)} outputs for {len(prompts)} prompts")
     return [
         make_record(pr, b.method, b.num_paths, b.sample, seeds, [r[0][i] for r in per_run],
-                    [r[1] for r in per_run], len(prompts), plan.save_text)
+                    [r[1] for r in per_run], len(prompts), plan.save_text, i)
         for i, pr in enumerate(b.problems)
     ]
 

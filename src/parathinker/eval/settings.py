@@ -133,8 +133,8 @@ class RunPlan:
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
             raise ConfigError(f"--shard i/n needs 0 <= i < n, got {i}/{n}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not 1 <= self.batch_size <= 10000:
+            raise ConfigError(f"--batch-size must be within 1..10000, got {self.batch_size}")
         if any(p < 1 for p in self.tunnel_prefixes):
             raise ConfigError(f"--tunnel-prefixes must be positive, got {list(self.tunnel_prefixes)}")
 

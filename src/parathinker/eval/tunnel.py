@@ -1,6 +1,6 @@
 """The tunnel-vision experiment: continue sequentially from prefixes of the model's own wrong paths.
 
-1. ``source``: ``samples`` sequential runs per problem (seeds ``seed + s``), text kept.
+1. ``source``: ``samples`` sequential runs per problem (seeds as in the runner), text kept.
 2. ``continue``: for every wrong source path longer than L tokens and each L in the prefix
    lengths (100..1600 by default), the prompt ``llm.format_prompt(question) + first L tokens``
    is sent untouched (``raw=True``) and decoded sequentially (budget ``max_path_tokens - L``);
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .benchmarks import Problem
 from .grading import extract_answer, is_equivalent
 from .runlog import AppendLog, Record
-from .runner import GenerateLLM, select_problems
+from .runner import GenerateLLM, seed_for, select_problems
 from .settings import EvalSettings, RunPlan, check_run_settings
 
 TUNNEL_LOG = "tunnel.jsonl"
@@ -81,10 +81,11 @@ def _sources(llm: GenerateLLM, mine: Sequence[Problem], plan: RunPlan, settings:
         for s in sorted({s for s, _ in chunk}):
             prs = [pr for t, pr in chunk if t == s]
             t0 = time.perf_counter()
-            outs = llm.generate([settings.prompt(pr.problem) for pr in prs], pp, settings.sampling(settings.seed + s))
+            seed = seed_for(settings.seed, s)
+            outs = llm.generate([settings.prompt(pr.problem) for pr in prs], pp, settings.sampling(seed))
             wall = time.perf_counter() - t0
             for pr, o in zip(prs, outs):
-                log.append(_source_record(pr, s, settings.seed + s, o, wall))
+                log.append(_source_record(pr, s, seed, o, wall))
     return len(todo)
 
 
