@@ -1,0 +1,132 @@
+"""`parathinker prepare`, `parathinker data check`, `parathinker train` (wired by parathinker.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+from pathlib import Path
+
+from ..cliutil import add_dataclass_args, dataclass_from_args
+from ..errors import ParaThinkerError
+from .collate import PackConfig
+from .config import TrainConfig
+
+
+def register(subparsers) -> None:  # noqa: ANN001 - argparse's private _SubParsersAction
+    """Add the training commands to the top-level CLI."""
+    p = subparsers.add_parser("prepare", help="add ParaThinker tokens and thought embeddings to a base checkpoint")
+    p.add_argument("--model", required=True, help="base Hugging Face checkpoint directory (qwen2 or llama)")
+    p.add_argument("--output", required=True, help="directory to write the ParaThinker checkpoint to")
+    p.add_argument("--num-paths", type=int, default=8, help="N: adds <think1>..<thinkN> (default: 8)")
+    p.add_argument("--max-segments", type=int, default=32, help="rows of each thought-embedding table (default: 32)")
+    p.add_argument("--seg-init-std", type=float, default=0.0,
+                   help="std of the thought-embedding init; 0 (default) = zeros: the model starts as the base model")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_prepare)
+
+    d = subparsers.add_parser("data", help="multi-path training data tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    c = dsub.add_parser("check", help="validate a multi-path JSONL file (all errors, as file:line)")
+    c.add_argument("file")
+    c.add_argument("--model", help="ParaThinker checkpoint: checks the path count and reports token lengths")
+    c.add_argument("--num-paths", type=int, help="largest allowed number of paths (default: the model's N)")
+    c.add_argument("--max-length", type=int, default=PackConfig.max_length, help="report examples longer than this")
+    c.set_defaults(func=_data_check)
+
+    t = subparsers.add_parser("train", help="multi-path SFT of a prepared checkpoint (torchrun/accelerate ready)")
+    t.add_argument("--model", required=True, help="ParaThinker checkpoint (from `parathinker prepare`)")
+    t.add_argument("--data", required=True, help="multi-path JSONL (see docs/training.md)")
+    t.add_argument("--output", required=True, help="run directory: checkpoint-N/, final model, metrics.jsonl")
+    t.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                   help="continue from the newest checkpoint in --output (or from CHECKPOINT)")
+    add_dataclass_args(t, TrainConfig)
+    add_dataclass_args(t, PackConfig)
+    t.set_defaults(func=_train)
+
+
+def _fail(e: Exception) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from .prepare import prepare
+
+    try:
+        r = prepare(args.model, args.output, num_paths=args.num_paths, max_segments=args.max_segments,
+                    seg_init_std=args.seg_init_std, seed=args.seed)
+    except ParaThinkerError as e:
+        return _fail(e)
+    added = f"added {len(r.added_tokens)} control tokens" if r.added_tokens else "control tokens already present"
+    print(f"{r.output_dir}: {added}; embedding rows {r.vocab_rows[0]} -> {r.vocab_rows[1]}; "
+          f"thought embeddings [{r.max_segments}, head_dim] ({r.seg_source})")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from .data import check_file
+
+    try:
+        tok = None
+        max_paths = args.num_paths
+        if args.model:
+            import transformers
+
+            from ..tokens import ControlTokens
+            from .prepare import quiet_transformers, read_config
+
+            read_config(Path(args.model))
+            with quiet_transformers():
+                tok = transformers.AutoTokenizer.from_pretrained(args.model)
+            if max_paths is None:
+                max_paths = ControlTokens.from_tokenizer(tok).max_paths
+        records, errors = check_file(args.file, max_paths)
+    except ParaThinkerError as e:
+        return _fail(e)
+    for e in errors:
+        print(e)
+    n_paths = [len(r.paths) for r in records]
+    if records:
+        print(f"{args.file}: {len(records)} valid examples, paths per example "
+              f"min {min(n_paths)} / mean {statistics.mean(n_paths):.2f} / max {max(n_paths)}")
+    if tok is not None and records:
+        from ..engine.prompting import PromptStyle
+        from .collate import encode_records, full_length
+
+        enc = encode_records(records, tok, PromptStyle.from_checkpoint(args.model))
+        lens = sorted(full_length(e, PackConfig()) for e in enc)
+        over = sum(n > args.max_length for n in lens)
+        print(f"packed length (all paths): median {lens[len(lens) // 2]}, max {lens[-1]}; "
+              f"{over} example(s) over --max-length {args.max_length} will be truncated")
+    if errors:
+        print(f"{args.file}: {len(errors)} problem(s)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .trainer import train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = dataclass_from_args(TrainConfig, args)
+        pack = dataclass_from_args(PackConfig, args)
+        out = train(args.model, args.data, args.output, cfg, pack, resume=args.resume)
+    except ParaThinkerError as e:
+        return _fail(e)
+    print(f"trained model: {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m parathinker.train.cli``), for torchrun and tests."""
+    parser = argparse.ArgumentParser(prog="parathinker")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""`parathinker train`: multi-path SFT on transformers' Trainer.
+
+The Trainer owns the loop, distribution (DDP via torchrun/accelerate, FSDP, DeepSpeed ZeRO-3),
+mixed precision, gradient accumulation, clipping, scheduling, checkpoint rotation and resume.
+This module adds what our model needs and a stock Trainer cannot know:
+
+- the loss: cross entropy of the logits against *already aligned* labels (``layout.pack`` makes
+  ``labels[k]`` the target of position ``k``; no shift), summed and divided by the label tokens
+  of the whole optimizer step over all processes (Trainer's ``num_items_in_batch``), so 1 and N
+  processes, and any accumulation, give the same loss and gradients for the same global batch;
+- the mask: built on the device from the batch's per-token ``kinds`` (a [B, 1, T, T] float
+  tensor is the biggest thing in a batch; it does not go through the data loader);
+- saving: every checkpoint, and the final model, is a Hugging Face-format ParaThinker checkpoint
+  (``parathinker.model.save_model`` + tokenizer), loadable by the engine and by ``--model``;
+- truncation counters and trained-token counts in the logs; a metrics JSONL; loss in the bar.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..errors import CheckpointError, ConfigError
+from ..layout import IGNORE_INDEX
+from .collate import STATS, Collator, MultiPathDataset, PackConfig, batch_bias
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CARRIED_FILES = ("parathinker.json", "generation_config.json")  # copied from --model into every checkpoint
+
+
+def token_ce(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:  # noqa: ANN001
+    """Sum of CE over label tokens / ``num_items_in_batch`` (default: this batch's label tokens).
+
+    logits (B, T, V), labels (B, T) aligned with the inputs (IGNORE_INDEX where no loss).
+    """
+    loss = F.cross_entropy(
+        logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    n = num_items_in_batch if num_items_in_batch is not None else labels.ne(IGNORE_INDEX).sum().clamp(min=1)
+    return loss / n
+
+
+def write_checkpoint(model, out_dir: str | Path, tokenizer=None, state_dict=None, extra_from=None) -> Path:  # noqa: ANN001
+    """Write ``model`` (or a gathered ``state_dict`` of it) as an HF-format ParaThinker checkpoint.
+
+    Files are staged and moved in one by one, so ``out_dir`` may already hold other things
+    (Trainer's optimizer state, earlier checkpoints under the final output directory).
+    """
+    from ..model import save_model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".save-", dir=out))
+    try:
+        target = staging / "ckpt"
+        if state_dict is None:
+            save_model(model, target, tokenizer)
+        else:
+            _save_state_dict(model, state_dict, target, tokenizer)
+        if extra_from is not None:
+            for name in CARRIED_FILES:
+                src = Path(extra_from) / name
+                if src.is_file() and not (target / name).exists():
+                    shutil.copy2(src, target / name)
+        for f in target.iterdir():
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _save_state_dict(model, state_dict: dict, target: Path, tokenizer) -> None:  # noqa: ANN001
+    """Same files as ``save_model`` from a state dict gathered by DeepSpeed ZeRO-3 / FSDP."""
+    from safetensors.torch import save_file
+
+    cfg = model.config
+    state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    target.mkdir(parents=True)
+    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
+    d = cfg.to_hf_dict()
+    d["dtype"] = str(next(iter(state.values())).dtype).replace("torch.", "")
+    d.pop("torch_dtype", None)
+    (target / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(target))
+
+
+class _TrainerConfigView:
+    """Our frozen ModelConfig, plus a place for the attributes Trainer writes (``use_cache``)."""
+
+    def __init__(self, cfg):  # noqa: ANN001
+        object.__setattr__(self, "_cfg", cfg)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._cfg, name)
+
+    def __setattr__(self, name: str, value) -> None:  # noqa: ANN001
+        self.__dict__[name] = value
+
+
+class ParaThinkerTrainer(Trainer):
+    """Trainer with our mask, loss normalisation, counters and checkpoint format (module docstring)."""
+
+    loss_is_scaled_for_ga = True  # token_ce divides by the label tokens of the whole accumulated step
+
+    def __init__(self, *args, tokenizer=None, model_dir: str | None = None, **kwargs):  # noqa: ANN001
+        model = kwargs.get("model")
+        if model is not None and not isinstance(model.config, _TrainerConfigView):
+            model.config = _TrainerConfigView(model.config)
+        super().__init__(*args, compute_loss_func=token_ce, **kwargs)
+        self.pt_tokenizer = tokenizer
+        self.pt_model_dir = model_dir
+        self._counters: torch.Tensor | None = None  # STATS + label tokens, since this process started
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        kinds = inputs.pop("kinds")
+        stats = inputs.pop("stats", None)
+        if "attn_bias" not in inputs:
+            inputs["attn_bias"] = batch_bias(kinds)  # (B, 1, T, T) float32; the model casts it
+        if model.training:
+            c = torch.cat([stats.sum(0), inputs["labels"].ne(IGNORE_INDEX).sum().view(1)]) if stats is not None else None
+            if c is not None:
+                self._counters = c if self._counters is None else self._counters + c
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: every rank is here (the loss gather above is collective)
+            c = self._counters if self._counters is not None else torch.zeros(len(STATS) + 1, dtype=torch.long)
+            c = c.to(self.args.device)
+            if self.args.world_size > 1:
+                c = self.accelerator.reduce(c, reduction="sum")
+            names = ("truncated_examples", "dropped_paths", "cut_tokens", "label_tokens")
+            logs.update({k: int(v) for k, v in zip(names, c.tolist())})
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        write_checkpoint(model, output_dir, self.pt_tokenizer, state_dict, extra_from=self.pt_model_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+
+class MetricsLog(TrainerCallback):
+    """Appends every log record (loss, lr, grad norm, counters, time) to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.t0 = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        if state.is_world_process_zero and logs:
+            rec = {"step": state.global_step, "epoch": state.epoch, "time_s": round(time.time() - self.t0, 3), **logs}
+            with self.path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+
+class LossBar(ProgressCallback):
+    """Trainer's progress bar (steps, ETA) with the latest loss and lr as its postfix."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}")
+        elif logs and "train_runtime" in logs and state.is_world_process_zero:
+            super().on_log(args, state, control, logs=logs, **kwargs)
+
+
+def _check_writable(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"cannot write to --output {output_dir}: {e.strerror or e}") from None
+
+
+def resolve_resume(output_dir: Path, resume: bool | str | None) -> str | None:
+    """The checkpoint to resume from (``True``: the newest ``checkpoint-N`` in ``output_dir``)."""
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if not resume:
+        if last is not None:
+            raise ConfigError(
+                f"{output_dir} already holds {Path(last).name}; pass --resume to continue it or choose another --output"
+            )
+        return None
+    if resume is True:
+        if last is None:
+            raise ConfigError(f"--resume: no checkpoint-N directory in {output_dir}")
+        return last
+    if not Path(resume).is_dir():
+        raise ConfigError(f"--resume: {resume} is not a checkpoint directory")
+    return str(resume)
+
+
+def train(
+    model_dir: str | Path,
+    data_file: str | Path,
+    output_dir: str | Path,
+    cfg: TrainConfig = TrainConfig(),
+    pack_cfg: PackConfig = PackConfig(),
+    *,
+    resume: bool | str | None = None,
+    callbacks: tuple[TrainerCallback, ...] = (),
+) -> Path:
+    """Fine-tune the ParaThinker checkpoint ``model_dir`` on ``data_file``; returns ``output_dir``."""
+    import transformers
+
+    from ..engine.prompting import PromptStyle
+    from ..model import load_model
+    from ..tokens import ControlTokens
+    from .collate import encode_records, sequential_separator
+    from .data import load_records
+    from .prepare import quiet_transformers, read_config
+
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    read_config(model_dir)
+    _check_writable(output_dir)
+    resume_from = resolve_resume(output_dir, resume)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    grad_acc = cfg.accumulation(world)
+    cuda = torch.cuda.is_available()
+    bf16 = cfg.bf16 if cfg.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported())
+
+    with quiet_transformers():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    tokens = ControlTokens.from_tokenizer(tokenizer)
+    records = load_records(data_file, max_paths=None if pack_cfg.sequential else tokens.max_paths)
+    style = PromptStyle.from_checkpoint(model_dir)
+    encoded = encode_records(records, tokenizer, style)
+    dataset = MultiPathDataset(
+        encoded, tokens, pack_cfg, seed=cfg.seed,
+        sep_ids=sequential_separator(tokenizer) if pack_cfg.sequential else (),
+        eos_id=tokenizer.eos_token_id,
+    )
+
+    model = load_model(model_dir, dtype=torch.float32, device="cpu")  # fp32 master weights; bf16 via autocast
+    if not pack_cfg.thought_embeddings or pack_cfg.sequential:
+        for name, p in model.named_parameters():
+            if "seg_embeddings" in name:
+                p.requires_grad_(False)  # the ablations run without thought embeddings: keep T as it is
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=grad_acc,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        bf16=bf16,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=cfg.num_workers,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        use_cpu=not cuda,
+        ddp_backend="gloo" if (world > 1 and not cuda) else None,
+        deepspeed=cfg.deepspeed,
+        fsdp=cfg.fsdp,
+        fsdp_config=cfg.fsdp_config,
+        average_tokens_across_devices=True,
+    )
+    collator = Collator(pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+                        pad_to_multiple_of=8 if cuda else 1, dense_mask=False)
+    trainer = ParaThinkerTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collator,
+        tokenizer=tokenizer, model_dir=str(model_dir),
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossBar())
+    trainer.add_callback(MetricsLog(output_dir / "metrics.jsonl"))
+    for cb in callbacks:
+        trainer.add_callback(cb)
+    if trainer.args.should_save:
+        run = {"model": str(model_dir), "data": str(data_file), "world_size": world, "grad_accumulation": grad_acc,
+               "bf16": bf16, "train": asdict(cfg), "pack": asdict(pack_cfg), "examples": len(dataset),
+               "skipped_examples": dataset.skipped_ids, "over_length_examples": dataset.over_length}
+        (output_dir / "parathinker_train.json").write_text(json.dumps(run, indent=2) + "\n")
+    log.info("training on %d examples, %d process(es), global batch %d = %d x %d x %d accumulation",
+             len(dataset), world, cfg.global_batch_size, cfg.per_device_batch_size, world, grad_acc)
+    trainer.train(resume_from_checkpoint=resume_from)
+    trainer.save_model(str(output_dir))
+    return output_dir
