@@ -149,6 +149,25 @@ class ParaThinkerTrainer(Trainer):
             logs.update({k: int(v) for k, v in zip(names, c.tolist())})
         super().log(logs, start_time)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:  # noqa: ANN001
+        """Resume: load our safetensors strictly (Trainer's generic path expects a PreTrainedModel)."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from safetensors.torch import load_file
+
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        state: dict[str, torch.Tensor] = {}
+        for f in sorted(Path(resume_from_checkpoint).glob("*.safetensors")):
+            state.update(load_file(str(f)))
+        missing, unexpected = target.load_state_dict(state, strict=False)
+        if target.config.tie_word_embeddings:
+            missing = [k for k in missing if k != "lm_head.weight"]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{resume_from_checkpoint}: weights do not match the model "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save:
             return
@@ -214,8 +233,8 @@ def train(
     model_dir: str | Path,
     data_file: str | Path,
     output_dir: str | Path,
-    cfg: TrainConfig = TrainConfig(),
-    pack_cfg: PackConfig = PackConfig(),
+    cfg: TrainConfig | None = None,
+    pack_cfg: PackConfig | None = None,
     *,
     resume: bool | str | None = None,
     callbacks: tuple[TrainerCallback, ...] = (),
@@ -230,6 +249,8 @@ def train(
     from .data import load_records
     from .prepare import quiet_transformers, read_config
 
+    cfg = cfg or TrainConfig()
+    pack_cfg = pack_cfg or PackConfig()
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     read_config(model_dir)
     _check_writable(output_dir)

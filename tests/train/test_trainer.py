@@ -1,0 +1,141 @@
+"""`train` end to end on a tiny checkpoint: loss falls, checkpoints load, resume, 1 vs 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from parathinker.errors import CheckpointError, ConfigError, DataError
+from parathinker.layout import IGNORE_INDEX
+from parathinker.train.collate import PackConfig
+from parathinker.train.config import TrainConfig
+from parathinker.train.trainer import token_ce, train
+
+from .conftest import toy_records, write_jsonl
+
+FAST = dict(learning_rate=3e-3, warmup_ratio=0.1, epochs=0, gradient_checkpointing=False, logging_steps=1)
+
+
+def _losses(out: Path) -> dict[int, float]:
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("data") / "toy.jsonl", toy_records(16))
+
+
+def test_token_ce_is_a_token_mean_over_the_global_batch():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[1, 2, IGNORE_INDEX, 3, IGNORE_INDEX], [IGNORE_INDEX] * 4 + [6]])
+    ref = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(token_ce(logits, labels), ref)
+    torch.testing.assert_close(token_ce(logits, labels, num_items_in_batch=8), ref * 4 / 8)
+
+
+def test_loss_falls_and_checkpoints_are_models(prepared_qwen, toy_data, tmp_path):
+    from parathinker.model import load_model
+
+    out = tmp_path / "run"
+    train(prepared_qwen, toy_data, out, TrainConfig(max_steps=12, global_batch_size=4, per_device_batch_size=2,
+                                                    save_steps=8, **FAST), PackConfig(max_length=512))
+    loss = _losses(out)
+    assert len(loss) == 12
+    first, last = sum(list(loss.values())[:3]) / 3, sum(list(loss.values())[-3:]) / 3
+    assert last < first - 1.0, loss
+    rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[-2])
+    assert rec["label_tokens"] > 0 and rec["truncated_examples"] == 0
+    for ckpt in (out / "checkpoint-8", out / "checkpoint-12", out):  # every checkpoint is a loadable ParaThinker model
+        m = load_model(ckpt, dtype=torch.float32)
+        assert (ckpt / "tokenizer.json").is_file() and json.loads((ckpt / "config.json").read_text())["max_segments"] == 32
+        assert m.model.layers[0].self_attn.seg_embeddings.weight.abs().sum() > 0  # thought embeddings trained
+    assert (out / "checkpoint-8" / "optimizer.pt").is_file()
+    with pytest.raises(ConfigError, match="already holds checkpoint-12; pass --resume"):
+        train(prepared_qwen, toy_data, out, TrainConfig(max_steps=1, global_batch_size=4, **FAST))
+
+
+class _Crash(TrainerCallback):
+    """Simulates an interruption right after a checkpoint is written."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.global_step == self.at:
+            raise KeyboardInterrupt
+
+
+def test_resume_reproduces_the_uninterrupted_run(prepared_qwen, toy_data, tmp_path):
+    cfg = TrainConfig(max_steps=8, global_batch_size=4, per_device_batch_size=2, save_steps=4, **FAST)
+    pack = PackConfig(max_length=512, min_paths=1)  # random path counts: the draws must replay exactly
+    train(prepared_qwen, toy_data, tmp_path / "a", cfg, pack)
+    with pytest.raises(KeyboardInterrupt):
+        train(prepared_qwen, toy_data, tmp_path / "b", cfg, pack, callbacks=(_Crash(4),))
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    train(prepared_qwen, toy_data, tmp_path / "b", cfg, pack, resume=True)
+    la, lb = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert sorted(lb) == list(range(1, 9))
+    for s in range(1, 9):
+        assert abs(la[s] - lb[s]) <= 1e-5 * max(1.0, abs(la[s])), (s, la[s], lb[s])
+    wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert worst <= 1e-5, worst
+
+
+def test_ablation_flags_train(prepared_qwen, toy_data, tmp_path):
+    for name, pack in {"noseg": PackConfig(max_length=512, thought_embeddings=False),
+                       "seq": PackConfig(max_length=512, sequential=True),
+                       "flat": PackConfig(max_length=512, flat_positions=True)}.items():
+        out = train(prepared_qwen, toy_data, tmp_path / name,
+                    TrainConfig(max_steps=3, global_batch_size=4, per_device_batch_size=4, save_steps=100, **FAST), pack)
+        w = load_file(str(out / "model.safetensors"))
+        seg = w["model.layers.0.self_attn.seg_embeddings.weight"]
+        assert (seg.abs().sum() == 0) == (name != "flat")  # frozen (still zero) in the two no-T ablations
+
+
+def test_bad_inputs_fail_cleanly(prepared_qwen, toy_data, tmp_path):
+    with pytest.raises(CheckpointError, match="no such model directory"):
+        train(tmp_path / "nope", toy_data, tmp_path / "o")
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "a", "prompt": "q", "paths": ["p"] * 9, "summary": "s"}])
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: 9 paths, but the model has only <think1>..<think8>"):
+        train(prepared_qwen, bad, tmp_path / "o")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(CheckpointError, match="cannot write to --output"):
+        train(prepared_qwen, toy_data, blocker / "o")
+    with pytest.raises(ConfigError, match="not a multiple"):
+        train(prepared_qwen, toy_data, tmp_path / "o2", TrainConfig(global_batch_size=3, per_device_batch_size=2))
+    with pytest.raises(ConfigError, match="no checkpoint-N"):
+        train(prepared_qwen, toy_data, tmp_path / "o3", resume=True)
+
+
+@pytest.mark.slow
+def test_two_processes_follow_one(prepared_qwen, toy_data, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo) with the same global batch: the same loss curve."""
+    common = ["--model", str(prepared_qwen), "--data", str(toy_data), "--max-steps", "8", "--epochs", "0",
+              "--global-batch-size", "4", "--per-device-batch-size", "2", "--lr", "3e-3", "--save-steps", "100",
+              "--no-gradient-checkpointing", "--max-length", "512", "--min-paths", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "parathinker.train.cli", "train", "--output", str(tmp_path / "one"),
+                          *common], env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                          "-m", "parathinker.train.cli", "train", "--output", str(tmp_path / "two"), *common],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "parathinker_train.json").read_text())["world_size"] == 2
+    l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    print("1-process", l1, "\n2-process", l2)
+    assert sorted(l1) == sorted(l2) == list(range(1, 9))
+    for s in l1:
+        assert abs(l1[s] - l2[s]) <= 1e-3 * abs(l1[s]), (s, l1[s], l2[s])
