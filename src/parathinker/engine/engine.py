@@ -240,7 +240,9 @@ class Engine:
             seg = [s.segment] * n
         read = [slot for r in s.reads for slot in r.slot_list]
         chunk = Chunk(s.pending, pos, seg, slots, read, s.visibility)
-        key = {"path": "path_tokens", "sample": "path_tokens", "summary": "summary_tokens"}.get(s.kind, "reprefill_tokens")
+        key = {"path": "path_tokens", "sample": "path_tokens"}.get(s.kind, "summary_tokens")
+        if s.kind == "reprefill" and s.visibility is not None:
+            key = "reprefill_tokens"  # the packed re-computation; the summary's own decoding counts as summary
         req.stats[key] += n
         s.t += n
         s.pending, s.pending_positions, s.pending_segments, s.visibility = [], None, None, None
@@ -287,13 +289,15 @@ class Engine:
             if s.kind == "path":
                 s.pending = [self.control.think_close[s.index - 1]]  # type: ignore[union-attr]
             return
-        if len(s.body) >= s.budget:
+        if s.kind == "path" and len(s.body) >= s.budget:  # budget spent: close it instead of this token
             s.finish("length")
-            if s.kind == "path":
-                s.pending = [self.control.think_close[s.index - 1]]  # type: ignore[union-attr]
+            s.pending = [self.control.think_close[s.index - 1]]  # type: ignore[union-attr]
             return
         s.body.append(tok)
         s.logprobs.append(logprob)
+        if s.kind != "path" and len(s.body) >= s.budget:
+            s.finish("length")  # nothing follows: no need to run the last token through the model
+            return
         s.pending = [tok]
 
     def _release(self, req: Request) -> None:

@@ -31,7 +31,10 @@ def resolve_model_path(model: str | Path | None) -> Path:
         from ..assets import default_model_dir
 
         return default_model_dir()
-    return Path(model).expanduser()
+    from ..model.gguf import resolve_alias
+
+    alias = resolve_alias(str(model)) if not Path(str(model)).exists() else None
+    return alias or Path(model).expanduser()
 
 
 class LLM:

@@ -1,0 +1,55 @@
+"""Page bookkeeping alone (no torch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from parathinker.engine.block_manager import NULL_PAGE, PagePool
+from parathinker.errors import OutOfPagesError
+
+
+def test_extend_slots_share_release():
+    pool = PagePool(num_pages=10, page_size=4)
+    pool.admit(1, 5)
+    prompt = pool.new_run()
+    slots = pool.extend(prompt, 6, 1)  # 2 pages
+    assert len(prompt.pages) == 2 and NULL_PAGE not in prompt.pages
+    assert slots == [prompt.pages[0] * 4 + i for i in range(4)] + [prompt.pages[1] * 4 + i for i in range(2)]
+    paths = [pool.new_run() for _ in range(3)]
+    reads = [[pool.share(prompt), p] for p in paths]
+    for p in paths:
+        pool.extend(p, 1, 1)
+    assert prompt.refs == 4 and pool.num_free == 9 - 5
+    # the shared prompt keeps its pages until its last reader lets go
+    for r in reads:
+        for run in r:
+            pool.release(run)
+    assert pool.num_free == 9 - 2
+    pool.release(prompt)
+    assert pool.num_free == 9
+    pool.finish(1)
+    assert pool.num_unreserved == 9
+
+
+def test_reservations_guard_admission():
+    pool = PagePool(num_pages=6, page_size=2)
+    pool.admit(1, 3)
+    assert pool.can_admit(2) and not pool.can_admit(3)
+    with pytest.raises(OutOfPagesError):
+        pool.admit(2, 6)  # bigger than the whole pool: a clear error, never a hang
+    run = pool.new_run()
+    pool.extend(run, 6, 1)
+    with pytest.raises(OutOfPagesError):
+        pool.extend(run, 1, 1)  # beyond its reservation
+
+
+def test_no_page_handed_out_twice():
+    pool = PagePool(num_pages=50, page_size=3)
+    pool.admit(7, 49)
+    runs = [pool.new_run() for _ in range(7)]
+    for i, r in enumerate(runs):
+        pool.extend(r, 3 * i + 1, 7)
+    pages = [p for r in runs for p in r.pages]
+    assert len(pages) == len(set(pages))
+    slots = [s for r in runs for s in r.slot_list]
+    assert len(slots) == len(set(slots))
