@@ -238,7 +238,10 @@ class MultiPathDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, i: int) -> dict:
-        rng = random.Random(f"{self.seed}:{self.epoch}:{i}")  # str seeds hash with sha512: stable everywhere
+        # An index from EpochSampler carries its epoch (epoch * len + i): no state to keep in sync
+        # across processes and workers. Plain indices use the epoch from set_epoch.
+        epoch, i = divmod(i, len(self.examples)) if i >= len(self.examples) else (self.epoch, i)
+        rng = random.Random(f"{self.seed}:{epoch}:{i}")  # str seeds hash with sha512: stable everywhere
         seq, stats = pack_example(
             self.examples[i], self.tokens, self.cfg, rng, sep_ids=self.sep_ids, eos_id=self.eos_id
         )
@@ -246,6 +249,29 @@ class MultiPathDataset(torch.utils.data.Dataset):
             "input_ids": seq.input_ids, "positions": seq.positions, "segment_ids": seq.segment_ids,
             "labels": seq.labels, "kinds": seq.kinds, "stats": stats,
         }
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A seeded shuffle per epoch that tags each index with its epoch (``epoch * n + i``).
+
+    The launcher calls ``set_epoch`` on the sampler reliably (accelerate forwards it to the sampler
+    inside its sharded batch samplers, but then not to the dataset), so the epoch travels with
+    the index to ``MultiPathDataset.__getitem__``.
+    """
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        base = self.epoch * self.n
+        return iter((base + torch.randperm(self.n, generator=g)).tolist())
 
 
 def batch_visibility(kinds: torch.Tensor) -> torch.Tensor:

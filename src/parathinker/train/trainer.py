@@ -34,7 +34,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..errors import CheckpointError, ConfigError
 from ..layout import IGNORE_INDEX
-from .collate import STATS, Collator, MultiPathDataset, PackConfig, batch_bias
+from .collate import STATS, Collator, EpochSampler, MultiPathDataset, PackConfig, batch_bias
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,12 @@ class ParaThinkerTrainer(Trainer):
             names = ("truncated_examples", "dropped_paths", "cut_tokens", "label_tokens")
             logs.update({k: int(v) for k, v in zip(names, c.tolist())})
         super().log(logs, start_time)
+
+    def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(ds, MultiPathDataset):
+            return EpochSampler(len(ds), seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+        return super()._get_train_sampler(train_dataset)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:  # noqa: ANN001
         """Resume: load our safetensors strictly (Trainer's generic path expects a PreTrainedModel)."""
