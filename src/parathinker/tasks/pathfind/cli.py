@@ -25,7 +25,9 @@ def _configs(args: argparse.Namespace) -> tuple[GenConfig, DataConfig]:
         subtree_fork=args.subtree_fork,
         max_nodes=args.max_nodes,
     )
-    return gen, DataConfig(tries=args.tries, min_paths=args.min_paths, max_paths=args.max_paths)
+    return gen, DataConfig(
+        tries=args.tries, commit=args.commit, min_paths=args.min_paths, max_paths=args.max_paths
+    )
 
 
 def _add_knobs(p: argparse.ArgumentParser) -> None:
@@ -64,7 +66,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     gen, cfg = _configs(args)
     rng = random.Random(args.seed)
     prob = generate(rng, gen)
-    traces = [walk(prob, rng, cfg.tries) for _ in range(args.paths)]
+    traces = [walk(prob, rng, cfg.tries, cfg.commit) for _ in range(args.paths)]
     summary, ans = summarize([t.text for t in traces])
     print(prob.prompt)
     for i, t in enumerate(traces, 1):

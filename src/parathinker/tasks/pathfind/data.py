@@ -27,20 +27,29 @@ from ...errors import ConfigError
 from .problem import GenConfig, Problem, generate, verify
 from .teacher import MAX_TRIES, summarize, walk
 
+MAX_MISSES = 5000  # consecutive duplicate draws before a split is declared exhausted
+
 
 @dataclass(frozen=True)
 class DataConfig:
     """How many traces per problem and the teacher's budget."""
 
-    tries: int = field(default=3, metadata={"help": "tries (walks) per path before it gives up and guesses"})
+    tries: int = field(default=4, metadata={"help": "tries (walks) per path before it gives up and guesses"})
+    commit: float = field(
+        default=0.8, metadata={"help": "chance a later try repeats the first try's first move"}
+    )
     min_paths: int = field(default=1, metadata={"help": "fewest teacher paths per training example"})
     max_paths: int = field(default=6, metadata={"help": "most teacher paths per training example"})
 
     def __post_init__(self) -> None:
         if not 1 <= self.tries <= MAX_TRIES:
             raise ConfigError(f"tries must be in 1..{MAX_TRIES}, got {self.tries}")
+        if not 0 <= self.commit <= 1:
+            raise ConfigError(f"commit must be in [0, 1], got {self.commit}")
         if not 1 <= self.min_paths <= self.max_paths <= 8:
-            raise ConfigError(f"need 1 <= min_paths <= max_paths <= 8, got {self.min_paths}, {self.max_paths}")
+            raise ConfigError(
+                f"need 1 <= min_paths <= max_paths <= 8, got {self.min_paths}, {self.max_paths}"
+            )
 
 
 def problems(seed: int, split: str, gen: GenConfig, exclude: set[str] | None = None) -> Iterator[Problem]:
@@ -51,11 +60,19 @@ def problems(seed: int, split: str, gen: GenConfig, exclude: set[str] | None = N
     """
     rng = random.Random(f"pathfind-{split}-{seed}")
     seen = exclude if exclude is not None else set()
+    misses = 0
     while True:
         p = generate(rng, gen)
         c = p.canonical()
         if c in seen:
+            misses += 1
+            if misses > MAX_MISSES:
+                raise ConfigError(
+                    f"found no new distinct problem in {MAX_MISSES} draws after {len(seen)}: these "
+                    "settings allow too few problems; raise max_depth, choices or dead_end_jitter"
+                )
             continue
+        misses = 0
         seen.add(c)
         yield p
 
@@ -67,16 +84,25 @@ def trace_rng(seed: int, split: str, index: int) -> random.Random:
 def make_example(pid: str, problem: Problem, rng: random.Random, cfg: DataConfig) -> dict:
     """One multi-path SFT example: independent teacher traces plus the teacher summary."""
     n = rng.randint(cfg.min_paths, cfg.max_paths)
-    paths = [walk(problem, rng, cfg.tries).text for _ in range(n)]
+    paths = [walk(problem, rng, cfg.tries, cfg.commit).text for _ in range(n)]
     summary, _ = summarize(paths)
     return {"id": pid, "prompt": problem.prompt, "paths": paths, "summary": summary, "answer": problem.answer}
 
 
 def test_record(pid: str, problem: Problem, cfg: DataConfig) -> dict:
-    return {"id": pid, "prompt": problem.prompt, "answer": problem.answer, **problem.to_json(), "tries": cfg.tries}
+    return {
+        "id": pid,
+        "prompt": problem.prompt,
+        "answer": problem.answer,
+        **problem.to_json(),
+        "tries": cfg.tries,
+        "commit": cfg.commit,
+    }
 
 
-def split_problems(seed: int, n_train: int, n_test: int, gen: GenConfig) -> tuple[list[Problem], list[Problem]]:
+def split_problems(
+    seed: int, n_train: int, n_test: int, gen: GenConfig
+) -> tuple[list[Problem], list[Problem]]:
     """Held-out problems first, then training problems that are none of them (nor each other)."""
     seen: set[str] = set()
     test_stream = problems(seed, "test", gen, seen)
@@ -99,8 +125,17 @@ def make_data(out: str | Path, n_train: int, n_test: int, seed: int, gen: GenCon
             ex = make_example(f"pf-train-{i}", p, trace_rng(seed, "train", i), cfg)
             f.write(json.dumps(ex) + "\n")
             for k, body in enumerate(ex["paths"]):
-                fs.write(json.dumps({"id": f"{ex['id']}-{k}", "prompt": ex["prompt"], "completion": body,
-                                     "answer": ex["answer"]}) + "\n")
+                fs.write(
+                    json.dumps(
+                        {
+                            "id": f"{ex['id']}-{k}",
+                            "prompt": ex["prompt"],
+                            "completion": body,
+                            "answer": ex["answer"],
+                        }
+                    )
+                    + "\n"
+                )
                 n_paths += 1
                 n_ok += " found " in f" {body} "
     with open(out / "test.jsonl", "w") as f:

@@ -23,6 +23,7 @@ PS = (1, 2, 4, 8)
 class Stats:
     n: int
     tries: int
+    commit: float
     single: float
     oracle: dict[int, float]
     summary: dict[int, float]
@@ -48,7 +49,7 @@ class Stats:
         gapm = self.summary[8] - self.majority[8]
         return "\n".join(
             [
-                f"Teacher on {self.n} problems, {self.tries} tries per path, 8 paths each "
+                f"Teacher on {self.n} problems, {self.tries} tries per path (commit {self.commit}), 8 paths each "
                 f"(vocabulary {self.vocab_size} tokens).",
                 "",
                 f"- single-path success: **{self.single:.3f}**",
@@ -73,12 +74,17 @@ def compute_stats(n: int, seed: int, gen: GenConfig, cfg: DataConfig) -> Stats:
     stream = problems(seed, "stats", gen)
     single = 0.0
     acc = {k: {p: 0 for p in PS} for k in ("oracle", "summary", "first_finish", "majority", "more_tries")}
-    lens: dict[str, list[int]] = {"prompt": [], "path": [], "summary (8 paths)": [], "example, 6 paths": [],
-                                  "example, 8 paths": []}
+    lens: dict[str, list[int]] = {
+        "prompt": [],
+        "path": [],
+        "summary (8 paths)": [],
+        "example, 6 paths": [],
+        "example, 8 paths": [],
+    }
     for i in range(n):
         prob = next(stream)
         rng = trace_rng(seed, "stats", i)
-        traces = [walk(prob, rng, cfg.tries) for _ in range(8)]
+        traces = [walk(prob, rng, cfg.tries, cfg.commit) for _ in range(8)]
         single += sum(t.success for t in traces) / 8
         plen = ntok(prob.prompt)
         tl = [ntok(t.text) for t in traces]
@@ -94,7 +100,9 @@ def compute_stats(n: int, seed: int, gen: GenConfig, cfg: DataConfig) -> Stats:
             cut = min(tl[:p])
             cut_texts = [" ".join(t.text.split()[:cut]) for t in sub]  # word-level: 1 word = 1 token
             acc["first_finish"][p] += verify(prob, summarize(cut_texts)[1])
-            acc["more_tries"][p] += walk(prob, rng, cfg.tries * p).success if p > 1 else traces[0].success
+            acc["more_tries"][p] += (
+                walk(prob, rng, cfg.tries * p, cfg.commit).success if p > 1 else traces[0].success
+            )
         s8, _ = summarize([t.text for t in traces])
         lens["summary (8 paths)"].append(ntok(s8))
         for p in (6, 8):
@@ -104,6 +112,7 @@ def compute_stats(n: int, seed: int, gen: GenConfig, cfg: DataConfig) -> Stats:
     return Stats(
         n=n,
         tries=cfg.tries,
+        commit=cfg.commit,
         single=single / n,
         **{k: {p: v / n for p, v in d.items()} for k, d in acc.items()},
         tokens={k: (statistics.fmean(v), max(v)) for k, v in lens.items()},
@@ -111,7 +120,9 @@ def compute_stats(n: int, seed: int, gen: GenConfig, cfg: DataConfig) -> Stats:
     )
 
 
-def update_doc(path: str, text: str, begin: str = "<!-- stats:begin -->", end: str = "<!-- stats:end -->") -> None:
+def update_doc(
+    path: str, text: str, begin: str = "<!-- stats:begin -->", end: str = "<!-- stats:end -->"
+) -> None:
     """Replace the block between the markers in ``path`` with ``text`` (appended when absent)."""
     import pathlib
 

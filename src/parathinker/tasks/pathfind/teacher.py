@@ -4,7 +4,8 @@ A trace (one reasoning path) is a series of tries. Each try walks from the start
 uniformly random edge out of the current node, until it reaches the goal (``found``) or a
 node with no way out (``dead``). After ``tries`` dead ends the walker gives up and guesses:
 the route of its last try with the goal appended (a confident wrong answer, as a stuck
-reasoning chain gives). Every path body ends with its answer in ``\\boxed{ ... }``::
+reasoning chain gives). With ``commit`` > 0 a later try repeats the first try's first
+move with that chance: the walker sticks to its early choice. Every path body ends with its answer in ``\\boxed{ ... }``::
 
     T1 41 77 23 dead T2 41 18 60 95 found \\boxed{ 41 18 60 95 }
     T1 41 77 23 dead T2 41 77 52 dead T3 41 30 dead guess \\boxed{ 41 30 95 }
@@ -49,19 +50,31 @@ class Trace:
     tries_used: int
 
 
-def walk(problem: Problem, rng: random.Random, tries: int) -> Trace:
-    """One search trace with at most ``tries`` tries; ``rng`` drives every choice."""
+def walk(problem: Problem, rng: random.Random, tries: int, commit: float = 0.0) -> Trace:
+    """One search trace with at most ``tries`` tries; ``rng`` drives every choice.
+
+    ``commit``: the chance that a later try repeats the first try's first move instead of
+    choosing afresh (early commitment: more tries in one path help less than more paths).
+    """
     if tries < 1:
         raise ValueError(f"tries must be >= 1, got {tries}")
+    if not 0 <= commit <= 1:
+        raise ValueError(f"commit must be in [0, 1], got {commit}")
     kids = problem.children
     words: list[str] = []
     route: list[str] = []
+    first_move = None
     for k in range(1, tries + 1):
         node = problem.start
         route = [node]
         words += [try_token(k), node]
         while node != problem.goal and kids.get(node):
-            node = rng.choice(kids[node])
+            if node == problem.start and first_move is not None and rng.random() < commit:
+                node = first_move
+            else:
+                node = rng.choice(kids[node])
+            if first_move is None:
+                first_move = node
             route.append(node)
             words.append(node)
         if node == problem.goal:
@@ -89,8 +102,11 @@ def path_status(text: str) -> tuple[bool, str | None]:
     """(claims success, claimed answer) of a path body; a cut-off path claims nothing."""
     ans = extract_boxed(text)
     words = text.split()
-    success = ans is not None and FOUND in words and words.index(FOUND) < len(words) - 1 and (
-        words[words.index(FOUND) + 1] == BOX_OPEN
+    success = (
+        ans is not None
+        and FOUND in words
+        and words.index(FOUND) < len(words) - 1
+        and (words[words.index(FOUND) + 1] == BOX_OPEN)
     )
     return success, ans
 
