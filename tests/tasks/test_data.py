@@ -9,7 +9,14 @@ import pytest
 
 from parathinker.errors import ConfigError
 from parathinker.tasks.cli import register
-from parathinker.tasks.pathfind.data import DataConfig, load_test, make_data, split_problems, verify_record
+from parathinker.tasks.pathfind.data import (
+    DataConfig,
+    grade,
+    load_test,
+    make_data,
+    split_problems,
+    verify_record,
+)
 from parathinker.tasks.pathfind.problem import GenConfig
 from parathinker.tasks.pathfind.stats import compute_stats
 from parathinker.tasks.pathfind.teacher import extract_boxed
@@ -38,6 +45,8 @@ def test_make_data_writes_the_sft_format(tmp_path):
         assert {"id", "prompt", "answer", "start", "goal", "edges"} <= set(rec)
         assert prob.prompt == rec["prompt"] and verify_record(rec, rec["answer"])
         assert not verify_record(rec, rec["start"] + " " + rec["goal"])
+        assert grade(rec, "By analyzing ... The final answer is \\boxed{ " + rec["answer"] + " }")
+        assert not grade(rec, "no box " + rec["answer"])
     assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from parathinker.tasks.pathfind.data import DataConfig, make_example
 from parathinker.tasks.pathfind.problem import generate
-from parathinker.tasks.pathfind.tokenizer import save_tokenizer
+from parathinker.tasks.pathfind.tokenizer import prompting_defaults, save_tokenizer
 from parathinker.tokens import ControlTokens, control_token_strings
 
 
@@ -63,3 +63,14 @@ def test_chat_template_is_the_prompt_verbatim(tok):
         [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
     )
     assert out == prompt
+
+
+def test_engine_prompt_is_the_problem_text(tok, tmp_path):
+    from parathinker.engine.prompting import PromptStyle, encode_prompt, format_prompt
+
+    style = PromptStyle(**prompting_defaults())
+    prompt = "graph : 12 > 47 , 47 > 90 ; find path 12 to 90"
+    assert format_prompt(tok, prompt, style) == prompt
+    assert encode_prompt(tok, prompt, style) == tok.encode(prompt, add_special_tokens=False)
+    for word in style.summary_prefix.split():
+        assert word in tok.get_vocab()

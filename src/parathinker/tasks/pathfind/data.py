@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ...errors import ConfigError
 from .problem import GenConfig, Problem, generate, verify
-from .teacher import MAX_TRIES, summarize, walk
+from .teacher import MAX_TRIES, extract_boxed, summarize, walk
 
 MAX_MISSES = 5000  # consecutive duplicate draws before a split is declared exhausted
 
@@ -170,3 +170,8 @@ def load_test(path: str | Path) -> list[tuple[dict, Problem]]:
 def verify_record(record: dict, answer: str | None) -> bool:
     """Check a claimed answer against one test.jsonl record."""
     return verify(Problem.from_json(record), answer)
+
+
+def grade(record: dict, output: str) -> bool:
+    """Grade a model's output text (a summary or a sequential completion): its last \\boxed{} verified."""
+    return verify_record(record, extract_boxed(output))

@@ -69,8 +69,25 @@ def build_tokenizer():
     )
 
 
+def prompting_defaults() -> dict:
+    """``parathinker.json`` for a checkpoint of this task (read by ``engine.prompting``).
+
+    No instruction (its words are not in the vocabulary), the verbatim chat template, the
+    released summary prefix (the teacher summaries start with it), sampling at temperature 1
+    (the traces' choices are uniform; a lower temperature makes paths agree and fail together)
+    and budgets that fit the traces.
+    """
+    return {
+        "instruction": None,
+        "chat_template": True,
+        "summary_prefix": RELEASED_SUMMARY_PREFIX,
+        "parallel": {"max_path_tokens": 128, "summary_max_tokens": 48},
+        "sampling": {"temperature": 1.0, "top_p": 1.0},
+    }
+
+
 def save_tokenizer(out_dir: str | Path) -> Path:
-    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json to ``out_dir``."""
+    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and parathinker.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer()
@@ -90,4 +107,5 @@ def save_tokenizer(out_dir: str | Path) -> Path:
             )
             + "\n"
         )
+    (out / "parathinker.json").write_text(json.dumps(prompting_defaults(), indent=2) + "\n")
     return out
