@@ -42,12 +42,18 @@ def test_token_ce_is_a_token_mean_over_the_global_batch():
     torch.testing.assert_close(token_ce(logits, labels, num_items_in_batch=8), ref * 4 / 8)
 
 
-def test_loss_falls_and_checkpoints_are_models(prepared_qwen, toy_data, tmp_path):
-    from parathinker.model import load_model
-
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(prepared_qwen, toy_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trained") / "run"
     train(prepared_qwen, toy_data, out, TrainConfig(max_steps=12, global_batch_size=4, per_device_batch_size=2,
                                                     save_steps=8, **FAST), PackConfig(max_length=512))
+    return out
+
+
+def test_loss_falls_and_checkpoints_are_models(prepared_qwen, toy_data, trained):
+    from parathinker.model import load_model
+
+    out = trained
     loss = _losses(out)
     assert len(loss) == 12
     first, last = sum(list(loss.values())[:3]) / 3, sum(list(loss.values())[-3:]) / 3
@@ -61,6 +67,43 @@ def test_loss_falls_and_checkpoints_are_models(prepared_qwen, toy_data, tmp_path
     assert (out / "checkpoint-8" / "optimizer.pt").is_file()
     with pytest.raises(ConfigError, match="already holds checkpoint-12; pass --resume"):
         train(prepared_qwen, toy_data, out, TrainConfig(max_steps=1, global_batch_size=4, **FAST))
+
+
+def test_trainer_logprobs_equal_engine_score(trained, toy_data):
+    """Train/inference agreement: the packed forward the loss uses vs the engine's incremental decode."""
+    from parathinker.engine.llm import LLM
+    from parathinker.engine.params import ParallelParams
+    from parathinker.engine.prompting import PromptStyle
+    from parathinker.tokens import ControlTokens
+    from parathinker.train.collate import Collator, MultiPathDataset, encode_records
+    from parathinker.train.data import load_records
+    from parathinker.train.trainer import token_logprobs
+
+    llm = LLM(str(trained), device="cpu", dtype=torch.float32)
+    assert llm.model.model.layers[0].self_attn.seg_embeddings.weight.abs().sum() > 0
+    tok = llm.tokenizer
+    enc = encode_records(load_records(toy_data), tok, PromptStyle.from_checkpoint(trained))
+    # relabel_prob 0: paths get <think1..P> in order, as the engine numbers them
+    ds = MultiPathDataset(enc[:3], ControlTokens.from_tokenizer(tok), PackConfig(relabel_prob=0.0), seed=5)
+    worst = 0.0
+    for i in range(3):
+        f = ds[i]
+        ours = token_logprobs(llm.model, Collator(pad_id=0, dense_mask=False)([f]))[0]
+        L = len(enc[i].prompt)
+        ids = f["input_ids"]
+        assert ids[:L] == enc[i].prompt.tolist()
+        # the released instruction in the prompt spells "<summary> </summary>": search after it
+        opens = [k for k in range(L, len(ids)) if ids[k] in llm.control.think_open]
+        bodies = [ids[k + 1 : ids.index(llm.control.think_close[j], k)] for j, k in enumerate(opens)]
+        summary = ids[ids.index(llm.control.summary_open, L) + 1 : -1]
+        out = llm.score(ids[:L], bodies, summary, ParallelParams(num_paths=len(bodies)))
+        assert out.packed.input_ids == ids and out.packed.labels == f["labels"]
+        theirs = torch.tensor(out.token_logprobs, dtype=torch.float32)
+        assert torch.equal(theirs.isnan(), ours.isnan())
+        m = ~ours.isnan()
+        worst = max(worst, (theirs[m] - ours[m]).abs().max().item())
+    print("max |trainer - engine| log-prob diff:", worst)
+    assert worst <= 1e-4, worst
 
 
 class _Crash(TrainerCallback):

@@ -54,6 +54,16 @@ def token_ce(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None
     return loss / n
 
 
+@torch.no_grad()
+def token_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # noqa: ANN001
+    """Log-prob of each label under ``model`` exactly as training computes it: ``[B, T]``, NaN where no label."""
+    bias = batch["attn_bias"] if "attn_bias" in batch else batch_bias(batch["kinds"])
+    logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"], attn_bias=bias)
+    labels = batch["labels"]
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    return lp.masked_fill(labels == IGNORE_INDEX, float("nan"))
+
+
 def write_checkpoint(model, out_dir: str | Path, tokenizer=None, state_dict=None, extra_from=None) -> Path:  # noqa: ANN001
     """Write ``model`` (or a gathered ``state_dict`` of it) as an HF-format ParaThinker checkpoint.
 
