@@ -117,21 +117,23 @@ class _Crash(TrainerCallback):
             raise KeyboardInterrupt
 
 
-def test_resume_reproduces_the_uninterrupted_run(prepared_qwen, toy_data, tmp_path):
-    cfg = TrainConfig(max_steps=8, global_batch_size=4, per_device_batch_size=2, save_steps=4, **FAST)
+def test_resume_reproduces_the_uninterrupted_run(prepared_qwen, tmp_path):
+    toy_data = write_jsonl(tmp_path / "small.jsonl", toy_records(8))  # 2 steps an epoch: resume crosses epochs
+    cfg = TrainConfig(max_steps=6, global_batch_size=4, per_device_batch_size=2, save_steps=3, **FAST)
     pack = PackConfig(max_length=512, min_paths=1)  # random path counts: the draws must replay exactly
     train(prepared_qwen, toy_data, tmp_path / "a", cfg, pack)
     with pytest.raises(KeyboardInterrupt):
-        train(prepared_qwen, toy_data, tmp_path / "b", cfg, pack, callbacks=(_Crash(4),))
+        train(prepared_qwen, toy_data, tmp_path / "b", cfg, pack, callbacks=(_Crash(3),))
     assert not (tmp_path / "b" / "model.safetensors").exists()
     train(prepared_qwen, toy_data, tmp_path / "b", cfg, pack, resume=True)
     la, lb = _losses(tmp_path / "a"), _losses(tmp_path / "b")
-    assert sorted(lb) == list(range(1, 9))
-    for s in range(1, 9):
+    assert sorted(lb) == list(range(1, 7))
+    for s in range(1, 7):
         assert abs(la[s] - lb[s]) <= 1e-5 * max(1.0, abs(la[s])), (s, la[s], lb[s])
     wa, wb = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert wa.keys() == wb.keys()
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    print("resume: max |loss diff|", max(abs(la[s] - lb[s]) for s in la), "max |weight diff|", worst)
     assert worst <= 1e-5, worst
 
 
