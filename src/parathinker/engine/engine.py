@@ -145,8 +145,9 @@ class Engine:
         req.phase = "paths"
         pp = req.pp
         if pp.mode in ("sequential", "majority"):
+            ends = frozenset() if req.spec.sampling.ignore_eos else frozenset(self.eos_ids)
             for k in range(pp.paths_per_request):
-                req.seqs.append(self._new_seq(req, "sample", k + 1, k, self._banned_plain, frozenset(self.eos_ids)))
+                req.seqs.append(self._new_seq(req, "sample", k + 1, k, self._banned_plain, ends))
             self._consume(req.seqs, [logits] * len(req.seqs))
             return
         c = self.control

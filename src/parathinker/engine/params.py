@@ -24,6 +24,7 @@ class SamplingParams:
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass, 1 = off"})
     top_k: int = field(default=0, metadata={"help": "keep the k most likely tokens, 0 = off"})
     seed: int | None = field(default=None, metadata={"help": "seed for reproducible sampling"})
+    ignore_eos: bool = field(default=False, metadata={"help": "benchmarking: EOS does not end plain samples"})
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

@@ -1,0 +1,78 @@
+"""Time per decode step: the parathinker engine vs transformers generate(num_return_sequences=P).
+
+Both run the same model in the same process, interleaved, on the same prompt; each reported
+number is the median of --repeats runs. The engine decodes P samples that share one prefilled
+prompt (its batched path step); transformers expands the prompt P times and decodes the batch
+with its dynamic cache. Steps are forced to the same count (EOS ignored on both sides).
+
+    python benchmarks/decode_vs_hf.py --model smollm2 --paths 1,4,8 --tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
+
+PROMPT = "Explain step by step why the sum of the first n odd numbers is n squared."
+
+
+def engine_step_ms(llm: LLM, P: int, tokens: int) -> float:
+    pp = ParallelParams(mode="majority", num_paths=P, max_path_tokens=tokens)
+    out = llm.generate([PROMPT], pp, SamplingParams(temperature=0.8, seed=0, ignore_eos=True))[0]
+    assert all(p.num_tokens == tokens for p in out.paths)
+    return 1000 * out.stats["time_paths"] / (tokens - 1)  # the first token comes from the prefill's logits
+
+
+def hf_step_ms(hf, ids: torch.Tensor, P: int, tokens: int) -> float:
+    def run(n: int) -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.8, top_p=0.95,
+                        num_return_sequences=P, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+        return time.perf_counter() - t
+
+    return 1000 * (run(tokens) - run(1)) / (tokens - 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--paths", default="1,4,8")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=None, help="write the table as JSON here")
+    args = ap.parse_args()
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    llm = LLM(args.model, cache=CacheConfig(kv_cache_memory=1.0))
+    hf = AutoModelForCausalLM.from_pretrained(str(llm.path), dtype=torch.float32).eval()
+    ids = torch.tensor([llm.encode_prompt(PROMPT)])
+    engine_step_ms(llm, 1, 4)  # warm-up both
+    hf_step_ms(hf, ids, 1, 4)
+    rows = []
+    print(f"model {llm.path.name}, prompt {ids.shape[1]} tokens, {args.tokens} decode steps, "
+          f"median of {args.repeats}, torch threads {torch.get_num_threads()}")
+    print(f"{'P':>3} {'engine ms/step':>15} {'HF ms/step':>11} {'engine tok/s':>13} {'HF tok/s':>9} {'speed-up':>9}")
+    for P in [int(x) for x in args.paths.split(",")]:
+        e, h = [], []
+        for _ in range(args.repeats):
+            e.append(engine_step_ms(llm, P, args.tokens))
+            h.append(hf_step_ms(hf, ids, P, args.tokens))
+        em, hm = statistics.median(e), statistics.median(h)
+        row = dict(P=P, engine_ms=em, hf_ms=hm, engine_tok_s=1000 * P / em, hf_tok_s=1000 * P / hm, speedup=hm / em)
+        rows.append(row)
+        print(f"{P:>3} {em:>15.2f} {hm:>11.2f} {row['engine_tok_s']:>13.1f} {row['hf_tok_s']:>9.1f} {hm / em:>8.2f}x")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
