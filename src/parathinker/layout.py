@@ -42,6 +42,10 @@ class LayoutConfig:
 
     flat_positions: bool = False
     thought_embeddings: bool = True
+    # flat positions only: the slot each path gets. None = the longest path of the example when
+    # packing, the path budget + 2 in the engine. Set it to the engine's max_path_tokens + 2 when
+    # training the ablation, so training and inference space paths alike.
+    flat_stride: int | None = None
 
     def path_position(self, prompt_len: int, order: int, t: int, stride: int) -> int:
         """RoPE position of token ``t`` of the path at 0-based ``order`` in the sequence."""
@@ -141,7 +145,9 @@ def pack(
 
     paths = [[tokens.think_open[i - 1], *body, tokens.think_close[i - 1]] for i, body in zip(idx, path_bodies)]
     lens = [len(p) for p in paths]
-    stride = max(lens)
+    stride = config.flat_stride or max(lens)
+    if config.flat_positions and stride < max(lens):
+        raise ConfigError(f"flat_stride={stride} is shorter than a path of {max(lens)} tokens")
     spans: list[tuple[int, int]] = []
     for order, (i, p) in enumerate(zip(idx, paths)):
         spans.append((len(ids), len(ids) + len(p)))

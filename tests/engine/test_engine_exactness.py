@@ -129,3 +129,35 @@ def test_path_independence(tiny_qwen2):
     for i in (0, 1, 3):
         assert a.path_logprobs[i] == pytest.approx(b.path_logprobs[i], abs=1e-6)
     assert max(abs(x - y) for x, y in zip(a.summary_logprobs, b.summary_logprobs)) > 1e-4
+
+
+@pytest.mark.parametrize("termination", ["first", "last"])
+def test_flat_positions_generation_matches_brute_force(tiny_qwen2, termination):
+    """Ablation layout: path k at L + k*stride + t, summary at L + P*stride (stride = budget + 2)."""
+    llm = LLM(tiny_qwen2, cache=CACHE)
+    c = llm.control
+    budget = 7
+    pp = ParallelParams(num_paths=3, termination=termination, max_path_tokens=budget, summary_max_tokens=5,
+                        summary_prefix="", flat_positions=True)
+    o = llm.generate(["what is 1 + 2 ?"], pp, SamplingParams(temperature=1.0, seed=2), raw=True)[0]
+    ids, _, seg, kinds = packed_by_hand(o.prompt_token_ids, [p.token_ids for p in o.paths], o.summary.token_ids,
+                                        c.think_open, c.think_close, c.summary_open, c.summary_close)
+    L, stride = len(o.prompt_token_ids), budget + 2
+    pos = list(range(L))
+    for k, p in enumerate(o.paths):
+        pos += [L + k * stride + t for t in range(p.num_tokens + 2)]
+    pos += [L + 3 * stride + t for t in range(o.summary.num_tokens + 2)]
+    ref = reference_logprobs(tiny_qwen2, ids, pos, seg, kinds)
+    k = L
+    for p in o.paths:
+        for j, t in enumerate(p.token_ids):
+            assert abs(ref[k + j, t].item() - p.logprobs[j]) <= 1e-4
+        k += p.num_tokens + 2
+    for j, t in enumerate(o.summary.token_ids):
+        assert abs(ref[k + j, t].item() - o.summary.logprobs[j]) <= 1e-4
+    # the trainer packs the ablation with the same stride when told the inference budget
+    from parathinker.layout import LayoutConfig, pack
+
+    packed = pack(o.prompt_token_ids, [p.token_ids for p in o.paths], o.summary.token_ids, c,
+                  config=LayoutConfig(flat_positions=True, flat_stride=stride))
+    assert packed.positions == pos

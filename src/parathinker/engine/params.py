@@ -61,6 +61,7 @@ class ParallelParams:
     )
     flat_positions: bool = field(default=False, metadata={"help": "ablation: path k at L + k*budget + t"})
     thought_embeddings: bool = field(default=True, metadata={"help": "ablation: --no-thought-embeddings sets all segment ids to 0"})
+    flat_stride: int | None = field(default=None, metadata={"help": "flat positions: slot per path (default: budget + 2)"})
 
     def __post_init__(self) -> None:
         if self.num_paths < 1:
@@ -90,7 +91,7 @@ class ParallelParams:
 
     @property
     def layout(self) -> LayoutConfig:
-        return LayoutConfig(flat_positions=self.flat_positions, thought_embeddings=self.thought_embeddings)
+        return LayoutConfig(self.flat_positions, self.thought_embeddings, self.flat_stride)
 
     @property
     def paths_per_request(self) -> int:

@@ -96,6 +96,8 @@ class Request:
     @property
     def stride(self) -> int:
         """Flat-position stride at inference: the longest a path can be (budget + both control tokens)."""
+        if self.layout.flat_stride:
+            return self.layout.flat_stride
         if self.spec.forced_paths is not None:
             return max(len(p) for p in self.spec.forced_paths) + 1
         return self.pp.max_path_tokens + 2

@@ -53,6 +53,11 @@ class PackConfig:
         default=1.0, metadata={"help": "chance an example gets random think indices from 1..N (else 1..k)"}
     )
     flat_positions: bool = field(default=False, metadata={"help": "ablation: path k at L + k*stride + t"})
+    flat_stride: int | None = field(
+        default=None,
+        metadata={"help": "with --flat-positions: stride per path; use the inference max_path_tokens + 2 "
+                          "(default: the example's longest path)"},
+    )
     thought_embeddings: bool = field(
         default=True, metadata={"help": "ablation: --no-thought-embeddings sets segment ids to 0 and freezes the tables"}
     )
@@ -68,7 +73,7 @@ class PackConfig:
 
     @property
     def layout(self) -> LayoutConfig:
-        return LayoutConfig(flat_positions=self.flat_positions, thought_embeddings=self.thought_embeddings)
+        return LayoutConfig(self.flat_positions, self.thought_embeddings, self.flat_stride)
 
 
 @dataclass
