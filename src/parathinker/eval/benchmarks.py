@@ -7,28 +7,53 @@ Record format (one JSON object per line, blank lines ignored):
     number); ids must be unique within a file.
 A local ``--data-dir`` is searched for ``NAME/test.jsonl``, then ``NAME.jsonl``, then a single
 ``NAME/*.jsonl``. Without ``--data-dir``, named benchmarks come from the hub via ``datasets``.
+
+The project's own task, ``pathfind`` (``parathinker.tasks.pathfind``): a ``test.jsonl`` written by
+``make-data`` (records with ``prompt``, ``start``, ``goal``, ``edges``) is recognised by its fields;
+its problems are graded exactly by the task's verifier (``tasks.pathfind.data.verify_record``:
+the route starts at the start, ends at the goal, uses only edges of the prompt), not by
+math-verify. The name ``pathfind`` without ``--data-dir`` is the task's default held-out set
+(``make-data --seed 0 --test 1000``, generated in memory).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .grading import gold_to_str
+from .grading import gold_to_str, is_equivalent
+
+GRADERS = ("math", "pathfind")
+PATHFIND = "pathfind"
+_PATHFIND_KEYS = ("prompt", "start", "goal", "edges", "answer")
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem: its benchmark, a stable id, the question text and the gold answer string."""
+    """One problem: its benchmark, a stable id, the question text and the gold answer string.
+
+    ``grader``: "math" (math-verify equivalence with ``answer``) or "pathfind" (the task's exact
+    verifier over ``record``, the test.jsonl line).
+    """
 
     benchmark: str
     id: str
     problem: str
     answer: str
+    grader: str = "math"
+    record: Mapping[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
+
+    def check(self, pred: str | None) -> bool:
+        """True if the extracted answer ``pred`` is correct for this problem."""
+        if self.grader == PATHFIND:
+            from ..tasks.pathfind.data import verify_record
+
+            return verify_record(dict(self.record or {}), pred)
+        return is_equivalent(pred, self.answer)
 
 
 @dataclass(frozen=True)
@@ -83,6 +108,38 @@ def problems_from_records(records: Iterable[tuple[str, Mapping[str, Any]]], benc
     return out
 
 
+def is_pathfind_record(rec: Any) -> bool:
+    """A line of a pathfind ``test.jsonl`` (from ``make-data``)."""
+    return isinstance(rec, Mapping) and all(k in rec for k in _PATHFIND_KEYS)
+
+
+def pathfind_problems(records: Iterable[tuple[str, Mapping[str, Any]]], benchmark: str = PATHFIND) -> list[Problem]:
+    """Problems of the pathfind task, graded by its verifier (see module doc)."""
+    out: list[Problem] = []
+    seen: dict[str, str] = {}
+    for n, (where, rec) in enumerate(records):
+        if not is_pathfind_record(rec):
+            raise DataError(f"{where}: not a pathfind test record (needs {', '.join(_PATHFIND_KEYS)})")
+        pid = str(rec.get("id", n))
+        if pid in seen:
+            raise DataError(f"{where}: duplicate id {pid!r} (first at {seen[pid]})")
+        seen[pid] = where
+        out.append(Problem(benchmark, pid, rec["prompt"], str(rec["answer"]), PATHFIND, dict(rec)))
+    if not out:
+        raise DataError(f"benchmark {benchmark!r} has no problems")
+    return out
+
+
+def pathfind_default(n: int = 1000, seed: int = 0) -> list[Problem]:
+    """The pathfind held-out set of ``make-data --seed SEED --test N`` (default knobs), in memory."""
+    from ..tasks.pathfind.data import DataConfig, split_problems, test_record
+    from ..tasks.pathfind.problem import GenConfig
+
+    _, test = split_problems(seed, 0, n, GenConfig())
+    cfg = DataConfig()
+    return pathfind_problems(((f"pathfind[{i}]", test_record(f"pf-test-{i}", p, cfg)) for i, p in enumerate(test)))
+
+
 def _read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -101,7 +158,10 @@ def load_jsonl(path: str | Path, name: str | None = None) -> list[Problem]:
         raise DataError(f"{p}: no such file")
     if name is None:
         name = p.parent.name if p.stem in ("test", "train", "validation") else p.stem
-    return problems_from_records(_read_jsonl(p), name)
+    records = list(_read_jsonl(p))
+    if records and is_pathfind_record(records[0][1]):
+        return pathfind_problems(records, name)
+    return problems_from_records(records, name)
 
 
 def find_local(name: str, data_dir: str | Path) -> Path:
@@ -143,9 +203,12 @@ def load_benchmark(spec: str, data_dir: str | Path | None = None) -> list[Proble
     spec = spec.strip()
     if spec.endswith(".jsonl") or Path(spec).is_file():
         return load_jsonl(spec)
+    if spec == PATHFIND and data_dir is None:
+        return pathfind_default()
     if spec not in HUB_SOURCES and data_dir is None:
         raise DataError(
-            f"unknown benchmark {spec!r}: use one of {', '.join(BENCHMARK_NAMES)} or a path to a .jsonl file"
+            f"unknown benchmark {spec!r}: use one of {', '.join(BENCHMARK_NAMES)}, {PATHFIND} "
+            "or a path to a .jsonl file"
         )
     if data_dir is not None:
         return load_jsonl(find_local(spec, data_dir), spec)

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..engine.params import ParallelParams, SamplingParams
 from .benchmarks import Problem
-from .grading import Extraction, extract_answer, is_equivalent, majority_vote
+from .grading import Extraction, extract_answer, majority_vote
 from .runlog import AppendLog, Record, read_logs
 from .settings import EvalSettings, RunPlan, check_run_settings
 
@@ -107,7 +107,7 @@ def make_record(
         "benchmark": problem.benchmark, "id": problem.id, "method": method, "paths": num_paths,
         "sample": sample, "seed": seeds[0] if len(seeds) == 1 else seeds,
         "gold": problem.answer, "answer": answer, "source": source,
-        "correct": is_equivalent(answer, problem.answer),
+        "correct": problem.check(answer),
         "engine_answer": getattr(outs[0], "answer", None) if len(outs) == 1 else None,
         "path_answers": path_answers,
         "path_tokens": [t for u in usages for t in u["path_tokens"]],

@@ -23,7 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .benchmarks import Problem
-from .grading import extract_answer, is_equivalent
+from .grading import extract_answer
 from .runlog import AppendLog, Record
 from .runner import GenerateLLM, seed_for, select_problems
 from .settings import EvalSettings, RunPlan, check_run_settings
@@ -50,7 +50,7 @@ def _source_record(pr: Problem, s: int, seed: int, out: Any, wall: float) -> Rec
     path = out.paths[0]
     ex = extract_answer(path.text)
     return {"benchmark": pr.benchmark, "id": pr.id, "sample": s, "prefix_tokens": 0, "seed": seed,
-            "gold": pr.answer, "answer": ex.answer, "correct": is_equivalent(ex.answer, pr.answer),
+            "gold": pr.answer, "answer": ex.answer, "correct": pr.check(ex.answer),
             "num_tokens": int(path.num_tokens), "finish": path.finish_reason, "text": path.text,
             "wall_time": wall}
 
@@ -118,7 +118,7 @@ def _continuations(llm: GenerateLLM, mine: Sequence[Problem], plan: RunPlan, set
                     ex = extract_answer(path.text)
                     log.append({"benchmark": pr.benchmark, "id": pr.id, "sample": src["sample"],
                                 "prefix_tokens": n, "seed": seed, "gold": pr.answer, "answer": ex.answer,
-                                "correct": is_equivalent(ex.answer, pr.answer),
+                                "correct": pr.check(ex.answer),
                                 "num_tokens": int(path.num_tokens), "finish": path.finish_reason,
                                 "wall_time": wall})
                 bar.update(len(part))
