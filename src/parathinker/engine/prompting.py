@@ -8,6 +8,7 @@ A checkpoint may carry ``parathinker.json`` with its own prompting defaults:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,24 +45,44 @@ class PromptStyle:
             raise CheckpointError(f"cannot read {f}: {e}") from None
 
 
-def format_prompt(tokenizer: Any, question: str, style: PromptStyle | None = None, raw: bool = False) -> str:
-    """The text sent to the model for ``question``: chat template + instruction, or ``question`` as is."""
-    if raw:
-        return question
-    style = style or PromptStyle()
-    content = f"{question}\n{style.instruction}" if style.instruction else question
-    if style.chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-        )
-        if "<think>" in tokenizer.get_vocab() and not text.rstrip().endswith("<think>"):
-            text += "<think>\n"  # the released prompt opens the assistant turn with <think>
-        return text
-    return content
+Prompt = str | Sequence[Mapping[str, str]]  # a question, or chat messages ({"role", "content"})
 
 
-def encode_prompt(tokenizer: Any, question: str, style: PromptStyle | None = None, raw: bool = False) -> list[int]:
+def _templated(tokenizer: Any, prompt: Prompt, style: PromptStyle | None, raw: bool) -> bool:
+    """Whether the prompt goes through the tokenizer's chat template (messages: whenever it has one)."""
+    if raw or not getattr(tokenizer, "chat_template", None):
+        return False
+    return not isinstance(prompt, str) or (style or PromptStyle()).chat_template
+
+
+def format_prompt(tokenizer: Any, prompt: Prompt, style: PromptStyle | None = None, raw: bool = False) -> str:
+    """The text sent to the model for ``prompt``.
+
+    A question (str): the chat template over one user turn "question\ninstruction", or the
+    question (+ instruction) as is when ``style.chat_template`` is off or the tokenizer has no
+    template; ``raw``: the question as is. Chat messages (a list of ``{"role", "content"}``, as in
+    training data): used verbatim (no instruction added) with the chat template; without a template
+    or with ``raw``, their contents joined by newlines. A templated prompt always opens the
+    assistant turn with ``<think>`` when the vocabulary has it, as the released prompt does.
+    """
+    if isinstance(prompt, str):
+        if raw:
+            return prompt
+        style = style or PromptStyle()
+        content = f"{prompt}\n{style.instruction}" if style.instruction else prompt
+        messages = [{"role": "user", "content": content}]
+    else:
+        messages = [dict(m) for m in prompt]
+        content = "\n".join(m["content"] for m in messages)
+    if not _templated(tokenizer, prompt, style, raw):
+        return content
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if "<think>" in tokenizer.get_vocab() and not text.rstrip().endswith("<think>"):
+        text += "<think>\n"  # the released prompt opens the assistant turn with <think>
+    return text
+
+
+def encode_prompt(tokenizer: Any, prompt: Prompt, style: PromptStyle | None = None, raw: bool = False) -> list[int]:
     """Token ids of the prompt. Chat-templated text already carries its BOS; plain text gets the tokenizer's."""
-    text = format_prompt(tokenizer, question, style, raw)
-    templated = not raw and (style or PromptStyle()).chat_template and getattr(tokenizer, "chat_template", None)
-    return list(tokenizer.encode(text, add_special_tokens=not templated))
+    text = format_prompt(tokenizer, prompt, style, raw)
+    return list(tokenizer.encode(text, add_special_tokens=not _templated(tokenizer, prompt, style, raw)))

@@ -5,13 +5,16 @@ The model computes q, k', v' (thought embedding added, RoPE applied) and hands t
 
 - ``DenseAttention``: no cache; one explicit additive mask over the batch (training, and the
   brute-force references in tests).
+- ``FlexAttention``: no cache; ``torch.nn.attention.flex_attention`` with a ``BlockMask`` (long
+  packed training sequences on GPU: no [B, 1, T, T] mask, fully hidden blocks are skipped).
 - the engine's paged backends (``parathinker.engine.attention``): write k', v' into the page
   pool, then attend over each sequence's page table.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import functools
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -40,3 +43,37 @@ class DenseAttention:
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return sdpa(q, k, v, self.bias)
+
+
+@functools.cache
+def _compiled_flex():  # noqa: ANN202 - the compiled flex_attention, built once per process
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
+
+
+class FlexAttention:
+    """Attention over the tokens of this forward only, masked by a FlexAttention ``BlockMask``.
+
+    ``block_mask`` has shape (B or 1, 1, T, T) in tokens (see e.g.
+    ``parathinker.train.collate.batch_block_mask``, built from per-token kinds without a dense
+    T x T tensor). ``compile``: None (default) compiles ``flex_attention`` on CUDA, where only the
+    compiled kernel is memory-efficient, and runs it eagerly elsewhere (eager materialises the
+    scores, like the dense path: fine for CPU tests); True/False force either. Under autocast
+    q, k, v are cast to the autocast dtype first, as SDPA does; GQA via ``enable_gqa``.
+    """
+
+    def __init__(self, block_mask: Any, compile: bool | None = None):  # noqa: A002 - mirrors torch.compile
+        self.block_mask = block_mask
+        self.compile = compile
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        dev = q.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else q.dtype
+        q, k, v = (x.transpose(1, 2).to(dtype) for x in (q, k, v))  # (B, heads, T, hd)
+        use_compiled = self.compile if self.compile is not None else q.is_cuda
+        fn = _compiled_flex() if use_compiled else flex_attention
+        out = fn(q, k, v, block_mask=self.block_mask, enable_gqa=k.shape[1] != q.shape[1])
+        return out.transpose(1, 2)

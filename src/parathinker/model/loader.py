@@ -114,19 +114,33 @@ def load_model(
     return model.eval()
 
 
-def save_model(model: ParaThinkerForCausalLM, out_dir: str | Path, tokenizer=None) -> Path:  # noqa: ANN001
-    """Write config.json (with ``max_segments``) + model.safetensors (+ tokenizer) atomically."""
+def save_model(
+    model: ParaThinkerForCausalLM,
+    out_dir: str | Path,
+    tokenizer=None,  # noqa: ANN001
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write config.json (with ``max_segments``) + model.safetensors (+ tokenizer) atomically.
+
+    ``state_dict``: the weights to write instead of ``model.state_dict()`` (a full state dict
+    gathered by DeepSpeed ZeRO-3 / FSDP, whose ``model`` holds only shards); ``model`` then only
+    gives the config. The saved dtype is the weights' own.
+    """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         cfg = model.config
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        source = model.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().contiguous().cpu() for k, v in source.items()}
         if cfg.tie_word_embeddings:
             state.pop("lm_head.weight", None)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         d = cfg.to_hf_dict()
-        d["dtype"] = str(model.dtype).replace("torch.", "")
+        dtype = model.dtype if state_dict is None else next(
+            (v.dtype for v in state.values() if v.is_floating_point()), model.dtype
+        )
+        d["dtype"] = str(dtype).replace("torch.", "")
         d.pop("torch_dtype", None)
         (tmp / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True))
         if tokenizer is not None:

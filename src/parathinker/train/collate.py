@@ -91,18 +91,11 @@ def _ids(x: Sequence[int]) -> np.ndarray:
 
 
 def prompt_ids(tokenizer, record: Record, style=None, raw: bool = False) -> list[int]:  # noqa: ANN001
-    """The prompt's token ids, formatted exactly as the engine formats a question."""
+    """The prompt's token ids, formatted exactly as the engine formats a question (or chat messages)."""
     from ..engine.prompting import encode_prompt
 
-    if record.prompt is not None:
-        return encode_prompt(tokenizer, record.prompt, style, raw)
-    msgs = [dict(m) for m in record.messages or ()]
-    if raw or not getattr(tokenizer, "chat_template", None):
-        return list(tokenizer.encode("\n".join(m["content"] for m in msgs), add_special_tokens=True))
-    text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    if "<think>" in tokenizer.get_vocab() and not text.rstrip().endswith("<think>"):
-        text += "<think>\n"  # as engine.prompting.format_prompt: the assistant turn opens with <think>
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    prompt = record.prompt if record.prompt is not None else list(record.messages or ())
+    return encode_prompt(tokenizer, prompt, style, raw)
 
 
 def encode_records(records: Sequence[Record], tokenizer, style=None, raw: bool = False) -> list[Encoded]:  # noqa: ANN001
@@ -279,19 +272,64 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter((base + torch.randperm(self.n, generator=g)).tolist())
 
 
-def batch_visibility(kinds: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` kinds (PAD_KIND for padding) -> ``[B, T, T]`` bool visibility.
+def _visible(q_idx: torch.Tensor, k_idx: torch.Tensor, q_kind: torch.Tensor, k_kind: torch.Tensor) -> torch.Tensor:
+    """Who sees whom, from indices and kinds (broadcasting; also FlexAttention's ``mask_mod``).
 
-    Equals ``layout.visibility_from_kinds`` on each example's real tokens; padding keys are hidden
-    from everyone and a padding query sees only itself (a row with no visible key would give NaN).
+    ``layout.visibility_from_kinds`` on real tokens (causal, and key is prompt | query is summary |
+    same kind); padding keys hidden from everyone; a padding query sees only itself (a row with no
+    visible key would give NaN in the dense path).
     """
-    T = kinds.shape[1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=kinds.device).tril()
-    q, k = kinds[:, :, None], kinds[:, None, :]
-    allowed = (k == PROMPT) | (q == SUMMARY) | (q == k)
-    vis = causal & allowed & (q != PAD_KIND) & (k != PAD_KIND)
-    eye = torch.eye(T, dtype=torch.bool, device=kinds.device)
-    return vis | (eye & (q == PAD_KIND))
+    real = (q_idx >= k_idx) & ((k_kind == PROMPT) | (q_kind == SUMMARY) | (q_kind == k_kind)) & (k_kind != PAD_KIND)
+    pad = q_idx == k_idx
+    return ((q_kind != PAD_KIND) & real) | ((q_kind == PAD_KIND) & pad)
+
+
+def batch_visibility(kinds: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` kinds (PAD_KIND for padding) -> ``[B, T, T]`` bool visibility (see ``_visible``)."""
+    i = torch.arange(kinds.shape[1], device=kinds.device)
+    return _visible(i[:, None], i[None, :], kinds[:, :, None], kinds[:, None, :])
+
+
+def batch_block_mask(kinds: torch.Tensor, block_size: int = 128, rows_per_chunk: int = 2048):  # noqa: ANN201
+    """``[B, T]`` kinds -> a FlexAttention ``BlockMask`` with exactly ``batch_visibility``'s pattern.
+
+    Built without a dense ``[B, T, T]`` tensor: the visibility is evaluated ``rows_per_chunk``
+    queries at a time and reduced to per-block "partial" / "full" flags (full blocks skip the
+    ``mask_mod`` in the kernel; hidden blocks are skipped altogether: paths never read other paths).
+    Peak extra memory ~ B * rows_per_chunk * T bools, whatever T is.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    B, T = kinds.shape
+    bs = block_size
+    nb = -(-T // bs)
+    # kinds padded to whole blocks, so the kernel's mask_mod never indexes past the end
+    padded = torch.full((B, nb * bs), PAD_KIND, dtype=kinds.dtype, device=kinds.device)
+    padded[:, :T] = kinds
+    idx = torch.arange(nb * bs, device=kinds.device)
+    real = idx < T
+    rows = max(bs, rows_per_chunk // bs * bs)
+    partial, full = [], []
+    for r0 in range(0, nb * bs, rows):
+        qi = idx[r0 : r0 + rows]
+        vis = _visible(qi[:, None], idx[None, :], padded[:, r0 : r0 + rows, None], padded[:, None, :])
+        vis &= real[r0 : r0 + rows, None] & real[None, :]  # as create_block_mask: out-of-range is hidden
+        n = vis.view(B, -1, bs, nb, bs).sum(dim=(2, 4), dtype=torch.int32)  # (B, q blocks, kv blocks)
+        full.append(n == bs * bs)
+        partial.append((n > 0) & (n < bs * bs))
+
+    def ordered(blocks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        m = torch.cat(blocks, 1)[:, None].to(torch.int32)  # (B, 1, q blocks, kv blocks)
+        order = torch.argsort(m, dim=-1, descending=True, stable=True)  # listed blocks first, ascending
+        return m.sum(-1, dtype=torch.int32), order.to(torch.int32)
+
+    def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001, ANN202 - flex_attention's signature
+        return _visible(q_idx, kv_idx, padded[b, q_idx], padded[b, kv_idx])
+
+    kv_num, kv_idx = ordered(partial)
+    full_num, full_idx = ordered(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=bs, mask_mod=mask_mod,
+                                    seq_lengths=(T, T))
 
 
 def batch_bias(kinds: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

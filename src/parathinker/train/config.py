@@ -25,6 +25,13 @@ class TrainConfig:
     )
     bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision (default: on when the GPU has it)"})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "recompute activations in the backward"})
+    attn_impl: Literal["auto", "dense", "flex"] = field(
+        default="auto",
+        metadata={"help": "attention: dense [B,1,T,T] mask (SDPA) or FlexAttention block mask; auto = flex on CUDA, dense on CPU"},
+    )
+    loss_chunk_size: int = field(
+        default=2048, metadata={"help": "label tokens per chunk of the LM head + loss (bounds memory); 0 = full [B,T,V] logits"}
+    )
     save_steps: int = field(default=500, metadata={"help": "save an HF-format checkpoint every N optimizer steps"})
     save_total_limit: int | None = field(default=None, metadata={"help": "keep only the newest N checkpoints"})
     logging_steps: int = field(default=1, metadata={"help": "log loss every N optimizer steps"})
@@ -46,6 +53,8 @@ class TrainConfig:
             raise ConfigError("--per-device-batch-size and --global-batch-size must be >= 1")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("give --epochs > 0 or --max-steps > 0")
+        if self.loss_chunk_size < 0:
+            raise ConfigError(f"--loss-chunk-size must be >= 0 (0 = full logits), got {self.loss_chunk_size}")
         if self.save_steps < 1 or self.logging_steps < 1:
             raise ConfigError("--save-steps and --logging-steps must be >= 1")
 

@@ -4,12 +4,15 @@ The Trainer owns the loop, distribution (DDP via torchrun/accelerate, FSDP, Deep
 mixed precision, gradient accumulation, clipping, scheduling, checkpoint rotation and resume.
 This module adds what our model needs and a stock Trainer cannot know:
 
-- the loss: cross entropy of the logits against *already aligned* labels (``layout.pack`` makes
-  ``labels[k]`` the target of position ``k``; no shift), summed and divided by the label tokens
-  of the whole optimizer step over all processes (Trainer's ``num_items_in_batch``), so 1 and N
-  processes, and any accumulation, give the same loss and gradients for the same global batch;
-- the mask: built on the device from the batch's per-token ``kinds`` (a [B, 1, T, T] float
-  tensor is the biggest thing in a batch; it does not go through the data loader);
+- the loss: cross entropy against *already aligned* labels (``layout.pack`` makes ``labels[k]``
+  the target of position ``k``; no shift), summed and divided by the label tokens of the whole
+  optimizer step over all processes (Trainer's ``num_items_in_batch``), so 1 and N processes,
+  and any accumulation, give the same loss and gradients for the same global batch; computed
+  inside the model's forward (``modeling.TrainingModel``), from the hidden states in chunks
+  (``--loss-chunk-size``), never as [B, T, V] logits;
+- the mask: built on the device from the batch's per-token ``kinds`` inside the forward, either a
+  dense [B, 1, T, T] additive mask (``--attn-impl dense``, CPU default) or a FlexAttention block
+  mask (``--attn-impl flex``, CUDA default); nothing T x T goes through the data loader;
 - saving: every checkpoint, and the final model, is a Hugging Face-format ParaThinker checkpoint
   (``parathinker.model.save_model`` + tokenizer), loadable by the engine and by ``--model``;
 - truncation counters and trained-token counts in the logs; a metrics JSONL; loss in the bar.
@@ -27,7 +30,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -36,22 +38,12 @@ from ..errors import CheckpointError, ConfigError
 from ..layout import IGNORE_INDEX
 from .collate import STATS, Collator, EpochSampler, MultiPathDataset, PackConfig, batch_bias
 from .config import TrainConfig
+from .loss import token_ce  # noqa: F401 - re-exported: the loss's one definition
+from .modeling import TrainingModel, resolve_attn_impl
 
 log = logging.getLogger(__name__)
 
 CARRIED_FILES = ("parathinker.json", "generation_config.json")  # copied from --model into every checkpoint
-
-
-def token_ce(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:  # noqa: ANN001
-    """Sum of CE over label tokens / ``num_items_in_batch`` (default: this batch's label tokens).
-
-    logits (B, T, V), labels (B, T) aligned with the inputs (IGNORE_INDEX where no loss).
-    """
-    loss = F.cross_entropy(
-        logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    n = num_items_in_batch if num_items_in_batch is not None else labels.ne(IGNORE_INDEX).sum().clamp(min=1)
-    return loss / n
 
 
 @torch.no_grad()
@@ -77,10 +69,7 @@ def write_checkpoint(model, out_dir: str | Path, tokenizer=None, state_dict=None
     staging = Path(tempfile.mkdtemp(prefix=".save-", dir=out))
     try:
         target = staging / "ckpt"
-        if state_dict is None:
-            save_model(model, target, tokenizer)
-        else:
-            _save_state_dict(model, state_dict, target, tokenizer)
+        save_model(model, target, tokenizer, state_dict=state_dict)
         if extra_from is not None:
             for name in CARRIED_FILES:
                 src = Path(extra_from) / name
@@ -93,56 +82,24 @@ def write_checkpoint(model, out_dir: str | Path, tokenizer=None, state_dict=None
     return out
 
 
-def _save_state_dict(model, state_dict: dict, target: Path, tokenizer) -> None:  # noqa: ANN001
-    """Same files as ``save_model`` from a state dict gathered by DeepSpeed ZeRO-3 / FSDP."""
-    from safetensors.torch import save_file
-
-    cfg = model.config
-    state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    if cfg.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    target.mkdir(parents=True)
-    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
-    d = cfg.to_hf_dict()
-    d["dtype"] = str(next(iter(state.values())).dtype).replace("torch.", "")
-    d.pop("torch_dtype", None)
-    (target / "config.json").write_text(json.dumps(d, indent=2, sort_keys=True))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(target))
-
-
-class _TrainerConfigView:
-    """Our frozen ModelConfig, plus a place for the attributes Trainer writes (``use_cache``)."""
-
-    def __init__(self, cfg):  # noqa: ANN001
-        object.__setattr__(self, "_cfg", cfg)
-
-    def __getattr__(self, name: str):  # noqa: ANN204
-        return getattr(self._cfg, name)
-
-    def __setattr__(self, name: str, value) -> None:  # noqa: ANN001
-        self.__dict__[name] = value
-
-
 class ParaThinkerTrainer(Trainer):
     """Trainer with our mask, loss normalisation, counters and checkpoint format (module docstring)."""
 
-    loss_is_scaled_for_ga = True  # token_ce divides by the label tokens of the whole accumulated step
+    loss_is_scaled_for_ga = True  # the loss divides by the label tokens of the whole accumulated step
 
     def __init__(self, *args, tokenizer=None, model_dir: str | None = None, **kwargs):  # noqa: ANN001
         model = kwargs.get("model")
-        if model is not None and not isinstance(model.config, _TrainerConfigView):
-            model.config = _TrainerConfigView(model.config)
-        super().__init__(*args, compute_loss_func=token_ce, **kwargs)
+        if model is not None and not isinstance(model, TrainingModel):
+            TrainingModel.from_model(model)  # the loss is computed in the model's forward (modeling.py)
+        super().__init__(*args, **kwargs)
         self.pt_tokenizer = tokenizer
         self.pt_model_dir = model_dir
         self._counters: torch.Tensor | None = None  # STATS + label tokens, since this process started
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-        kinds = inputs.pop("kinds")
+        # inputs: input_ids, positions, segment_ids, labels, kinds (+ attn_bias from a dense collator);
+        # TrainingModel.forward builds the mask from kinds and returns {"loss": ...}
         stats = inputs.pop("stats", None)
-        if "attn_bias" not in inputs:
-            inputs["attn_bias"] = batch_bias(kinds)  # (B, 1, T, T) float32; the model casts it
         if model.training:
             c = torch.cat([stats.sum(0), inputs["labels"].ne(IGNORE_INDEX).sum().view(1)]) if stats is not None else None
             if c is not None:
@@ -293,6 +250,8 @@ def train(
         for name, p in model.named_parameters():
             if "seg_embeddings" in name:
                 p.requires_grad_(False)  # the ablations run without thought embeddings: keep T as it is
+    attn_impl = resolve_attn_impl(cfg.attn_impl, "cuda" if cuda else "cpu")
+    TrainingModel.from_model(model, attn_impl=attn_impl, loss_chunk_size=cfg.loss_chunk_size)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
@@ -326,7 +285,7 @@ def train(
         average_tokens_across_devices=True,
     )
     collator = Collator(pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-                        pad_to_multiple_of=8 if cuda else 1, dense_mask=False)
+                        pad_to_multiple_of=(128 if attn_impl == "flex" else 8) if cuda else 1, dense_mask=False)
     trainer = ParaThinkerTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
         tokenizer=tokenizer, model_dir=str(model_dir),
@@ -338,7 +297,7 @@ def train(
         trainer.add_callback(cb)
     if trainer.args.should_save:
         run = {"model": str(model_dir), "data": str(data_file), "world_size": world, "grad_accumulation": grad_acc,
-               "bf16": bf16, "train": asdict(cfg), "pack": asdict(pack_cfg), "examples": len(dataset),
+               "bf16": bf16, "attn_impl": attn_impl, "train": asdict(cfg), "pack": asdict(pack_cfg), "examples": len(dataset),
                "skipped_examples": dataset.skipped_ids, "over_length_examples": dataset.over_length}
         (output_dir / "parathinker_train.json").write_text(json.dumps(run, indent=2) + "\n")
     log.info("training on %d examples, %d process(es), global batch %d = %d x %d x %d accumulation",
