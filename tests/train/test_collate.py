@@ -98,6 +98,31 @@ def test_prompt_matches_engine_formatting(tok):
     assert text.startswith("<s>user: what is two</s>") and text.rstrip().endswith("<think>")
 
 
+def test_engine_prompting_takes_chat_messages(tok):
+    """One formatter for train and inference: messages go through engine.prompting, verbatim with the template."""
+    from parathinker.engine.prompting import PromptStyle, encode_prompt, format_prompt
+
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "what is two"}]
+    text = format_prompt(tok, msgs)
+    assert text == tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)  # already opens <think>
+    assert text.endswith("assistant: <think>")
+    assert "MUST BE" not in text  # no instruction added to messages
+    ids = encode_prompt(tok, msgs)
+    assert ids == tok.encode(text, add_special_tokens=False)
+    assert prompt_ids(tok, Record("m", ("p",), "s", messages=tuple(msgs))) == ids
+    # the checkpoint's chat_template=False concerns questions; messages keep the template (as before)
+    assert encode_prompt(tok, msgs, PromptStyle(chat_template=False)) == ids
+    # raw: contents joined, the tokenizer's own special tokens
+    assert format_prompt(tok, msgs, raw=True) == "be brief\nwhat is two"
+    assert encode_prompt(tok, msgs, raw=True) == tok.encode("be brief\nwhat is two", add_special_tokens=True)
+    # a question is unchanged by the new signature
+    q = "what is two plus two"
+    assert format_prompt(tok, q) == tok.apply_chat_template(
+        [{"role": "user", "content": f"{q}\n{PromptStyle().instruction}"}], add_generation_prompt=True, tokenize=False
+    )
+    assert format_prompt(tok, q, raw=True) == q
+
+
 def test_relabelling_reaches_every_index(ctok):
     enc = _enc(5, [3, 4, 5], 2)
     seen = set()

@@ -162,6 +162,32 @@ def test_bad_inputs_fail_cleanly(prepared_qwen, toy_data, tmp_path):
         train(prepared_qwen, toy_data, tmp_path / "o2", TrainConfig(global_batch_size=3, per_device_batch_size=2))
     with pytest.raises(ConfigError, match="no checkpoint-N"):
         train(prepared_qwen, toy_data, tmp_path / "o3", resume=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--attn-impl flex needs a CUDA device"):
+            train(prepared_qwen, toy_data, tmp_path / "o4", TrainConfig(attn_impl="flex"))
+        assert not (tmp_path / "o4").exists()
+    with pytest.raises(ConfigError, match="--loss-chunk-size must be >= 0"):
+        TrainConfig(loss_chunk_size=-1)
+
+
+def test_checkpoint_from_a_gathered_state_dict(prepared_qwen, tmp_path):
+    """ZeRO-3/FSDP saves: save_model(state_dict=) writes those weights (and their dtype), tied head dropped."""
+    from parathinker.model import load_model, save_model
+    from parathinker.train.trainer import write_checkpoint
+
+    model = load_model(prepared_qwen, dtype=torch.float32)
+    gathered = {k: (v + 1).to(torch.bfloat16) for k, v in model.state_dict().items()}
+    out = write_checkpoint(model, tmp_path / "run", state_dict=gathered, extra_from=prepared_qwen)
+    saved = load_file(str(out / "model.safetensors"))
+    assert "lm_head.weight" not in saved and saved.keys() == gathered.keys() - {"lm_head.weight"}
+    assert all(torch.equal(saved[k], gathered[k]) for k in saved)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert (out / "parathinker.json").is_file() == (prepared_qwen / "parathinker.json").is_file()
+    back = load_model(out, dtype=torch.float32)
+    torch.testing.assert_close(back.lm_head.weight, gathered["model.embed_tokens.weight"].float())
+    plain = save_model(model, tmp_path / "plain")  # without state_dict: the model's own weights, as before
+    assert json.loads((plain / "config.json").read_text())["dtype"] == "float32"
+    assert torch.equal(load_file(str(plain / "model.safetensors"))["model.norm.weight"], model.model.norm.weight)
 
 
 @pytest.mark.slow

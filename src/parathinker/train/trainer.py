@@ -225,12 +225,16 @@ def train(
     cfg = cfg or TrainConfig()
     pack_cfg = pack_cfg or PackConfig()
     model_dir, output_dir = Path(model_dir), Path(output_dir)
+    cuda = torch.cuda.is_available()
+    attn_impl = resolve_attn_impl(cfg.attn_impl, "cuda" if cuda else "cpu")
+    if attn_impl == "flex" and not cuda:
+        raise ConfigError("--attn-impl flex needs a CUDA device (torch's FlexAttention has no backward on CPU); "
+                          "use --attn-impl dense")
     read_config(model_dir)
     _check_writable(output_dir)
     resume_from = resolve_resume(output_dir, resume)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     grad_acc = cfg.accumulation(world)
-    cuda = torch.cuda.is_available()
     bf16 = cfg.bf16 if cfg.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported())
 
     with quiet_transformers():
@@ -250,7 +254,6 @@ def train(
         for name, p in model.named_parameters():
             if "seg_embeddings" in name:
                 p.requires_grad_(False)  # the ablations run without thought embeddings: keep T as it is
-    attn_impl = resolve_attn_impl(cfg.attn_impl, "cuda" if cuda else "cpu")
     TrainingModel.from_model(model, attn_impl=attn_impl, loss_chunk_size=cfg.loss_chunk_size)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
