@@ -18,7 +18,14 @@ from parathinker.layout import LayoutConfig, pack
 from parathinker.model import load_model
 from parathinker.model.attention import DenseAttention, FlexAttention
 from parathinker.tokens import ControlTokens
-from parathinker.train.collate import PAD_KIND, Collator, _visible, batch_bias, batch_block_mask, batch_visibility
+from parathinker.train.collate import (
+    PAD_KIND,
+    Collator,
+    _visible,
+    batch_bias,
+    batch_block_mask,
+    batch_visibility,
+)
 from parathinker.train.modeling import TrainingModel, batch_attention, resolve_attn_impl
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -40,7 +47,7 @@ def model_and_tokens(prepared_qwen):
     return m, ControlTokens.from_tokenizer(tok)
 
 
-def _batch(ctok: ControlTokens, num_paths: list[int], seed: int = 0, layout: LayoutConfig = LayoutConfig()) -> dict:
+def _batch(ctok: ControlTokens, num_paths: list[int], seed: int = 0, layout: LayoutConfig | None = None) -> dict:
     """Packed examples with the given path counts, unequal path lengths, right-padded into one batch."""
     rng = random.Random(seed)
     ids = lambda n: [rng.randrange(10, 300) for _ in range(n)]  # noqa: E731
@@ -48,7 +55,7 @@ def _batch(ctok: ControlTokens, num_paths: list[int], seed: int = 0, layout: Lay
     for p in num_paths:
         idx = sorted(rng.sample(range(1, ctok.max_paths + 1), p))
         seq = pack(ids(rng.randint(3, 30)), [ids(rng.randint(1, 40)) for _ in range(p)], ids(rng.randint(2, 25)), ctok,
-                   think_indices=idx, config=layout)
+                   think_indices=idx, config=layout or LayoutConfig())
         feats.append({"input_ids": seq.input_ids, "positions": seq.positions, "segment_ids": seq.segment_ids,
                       "labels": seq.labels, "kinds": seq.kinds})
     return Collator(pad_id=0, dense_mask=False)(feats)
