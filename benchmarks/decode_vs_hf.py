@@ -1,7 +1,8 @@
 """Time per decode step: the parathinker engine vs transformers generate(num_return_sequences=P).
 
 Both run the same model in the same process, interleaved, on the same prompt; each reported
-number is the median of --repeats runs. The engine decodes P samples that share one prefilled
+number is the median of --repeats runs, and the speed-up is the median of the per-repeat
+ratios (each ratio from two runs back to back, so a busy machine slows both sides alike). The engine decodes P samples that share one prefilled
 prompt (its batched path step); transformers expands the prompt P times and decodes the batch
 with its dynamic cache. Steps are forced to the same count (EOS ignored on both sides).
 
@@ -32,10 +33,14 @@ def engine_step_ms(llm: LLM, P: int, tokens: int) -> float:
 
 def hf_step_ms(hf, ids: torch.Tensor, P: int, tokens: int) -> float:
     def run(n: int) -> float:
+        if ids.device.type == "cuda":
+            torch.cuda.synchronize()
         t = time.perf_counter()
         with torch.inference_mode():
             hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.8, top_p=0.95,
                         num_return_sequences=P, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+        if ids.device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - t
 
     return 1000 * (run(tokens) - run(1)) / (tokens - 1)
@@ -47,14 +52,20 @@ def main() -> None:
     ap.add_argument("--paths", default="1,4,8")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     args = ap.parse_args()
     from transformers import AutoModelForCausalLM
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    llm = LLM(args.model, cache=CacheConfig(kv_cache_memory=1.0))
-    hf = AutoModelForCausalLM.from_pretrained(str(llm.path), dtype=torch.float32).eval()
-    ids = torch.tensor([llm.encode_prompt(PROMPT)])
+    dtype = getattr(torch, args.dtype)
+    llm = LLM(args.model, device=args.device, dtype=dtype, cache=CacheConfig(kv_cache_memory=1.0))
+    hf = AutoModelForCausalLM.from_pretrained(str(llm.path), dtype=dtype).to(args.device).eval()
+    ids = torch.tensor([llm.encode_prompt(PROMPT)], device=args.device)
     engine_step_ms(llm, 1, 4)  # warm-up both
     hf_step_ms(hf, ids, 1, 4)
     rows = []
@@ -67,9 +78,12 @@ def main() -> None:
             e.append(engine_step_ms(llm, P, args.tokens))
             h.append(hf_step_ms(hf, ids, P, args.tokens))
         em, hm = statistics.median(e), statistics.median(h)
-        row = dict(P=P, engine_ms=em, hf_ms=hm, engine_tok_s=1000 * P / em, hf_tok_s=1000 * P / hm, speedup=hm / em)
+        ratio = statistics.median(b / a for a, b in zip(e, h))
+        row = dict(P=P, engine_ms=em, hf_ms=hm, engine_tok_s=1000 * P / em, hf_tok_s=1000 * P / hm, speedup=ratio,
+                   engine_runs=e, hf_runs=h)
         rows.append(row)
-        print(f"{P:>3} {em:>15.2f} {hm:>11.2f} {row['engine_tok_s']:>13.1f} {row['hf_tok_s']:>9.1f} {hm / em:>8.2f}x")
+        print(f"{P:>3} {em:>15.2f} {hm:>11.2f} {row['engine_tok_s']:>13.1f} {row['hf_tok_s']:>9.1f} {ratio:>8.2f}x",
+              flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
 

@@ -1,7 +1,9 @@
-"""Token sampling: bans, greedy, temperature, top-k, top-p; per-request seeded noise.
+"""Token sampling: bans, greedy, temperature, top-k, top-p; per-request seeded draws.
 
-Sampling uses the exponential race (argmax p / E, E ~ Exp(1)), which equals sampling from p;
-the noise of a request comes only from its own generator, so a seeded request draws the same
+Top-p/top-k look at the ``CANDIDATES`` most likely tokens first (a partial top-k instead of a
+full vocabulary sort: the nucleus at usual temperatures is far smaller); a row whose nucleus
+does not fit falls back to the full sort, so the result is exact either way. Draws use
+``torch.multinomial`` with the request's own generator, so a seeded request draws the same
 tokens whatever else is in the batch.
 """
 
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from .params import SamplingParams
+
+CANDIDATES = 1024
 
 
 @dataclass
@@ -26,37 +30,48 @@ class Row:
 def sample(logits: torch.Tensor, rows: list[Row]) -> list[int]:
     """logits (N, V) float32 -> N token ids."""
     logits = logits.float().clone()
-    N, V = logits.shape
     ban_rows = torch.cat([torch.full((len(r.banned),), i, dtype=torch.long) for i, r in enumerate(rows)])
     ban_cols = torch.cat([r.banned for r in rows])
     if ban_cols.numel():
         logits[ban_rows.to(logits.device), ban_cols.to(logits.device)] = float("-inf")
-    out = logits.argmax(-1)
-    stochastic = [i for i, r in enumerate(rows) if not r.params.greedy]
-    if stochastic:
-        idx = torch.tensor(stochastic, device=logits.device)
-        lg = logits[idx]
-        temp = torch.tensor([rows[i].params.temperature for i in stochastic], device=lg.device)[:, None]
-        probs = _filter(torch.softmax(lg / temp, dim=-1), rows, stochastic)
-        noise = torch.empty_like(probs)
-        for j, i in enumerate(stochastic):
-            noise[j].exponential_(generator=rows[i].generator)
-        out[idx] = (probs / noise).argmax(-1)
-    return out.tolist()
+    out = logits.argmax(-1).tolist()
+    groups: dict[int, list[int]] = {}  # rows that share a generator (one request) draw together
+    for i, r in enumerate(rows):
+        if not r.params.greedy:
+            groups.setdefault(id(r.generator), []).append(i)
+    for which in groups.values():
+        p = rows[which[0]].params
+        lg = logits[which] / p.temperature
+        probs = torch.softmax(lg, dim=-1)
+        cand_p, cand_ids = _candidates(probs, p.top_k, p.top_p)
+        gen = rows[which[0]].generator
+        pick = torch.multinomial(cand_p.cpu(), 1, generator=gen).squeeze(1)  # (n,)
+        drawn = cand_ids.cpu().gather(1, pick[:, None]).squeeze(1).tolist()
+        for i, tok in zip(which, drawn):
+            out[i] = tok
+    return out
 
 
-def _filter(probs: torch.Tensor, rows: list[Row], which: list[int]) -> torch.Tensor:
-    """Zero out tokens outside top-k and outside the top-p nucleus (the most likely token always stays)."""
-    top_k = [rows[i].params.top_k for i in which]
-    top_p = [rows[i].params.top_p for i in which]
-    if all(k == 0 for k in top_k) and all(p >= 1.0 for p in top_p):
-        return probs
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    rank = torch.arange(probs.shape[-1], device=probs.device)[None, :]
-    k = torch.tensor([k if k > 0 else probs.shape[-1] for k in top_k], device=probs.device)[:, None]
-    p = torch.tensor(top_p, device=probs.device)[:, None]
-    mass_before = sorted_p.cumsum(-1) - sorted_p
-    drop = (rank >= k) | (mass_before >= p)
-    drop[:, 0] = False
-    sorted_p = sorted_p.masked_fill(drop, 0.0)
-    return torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+def _candidates(probs: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unnormalised probabilities and ids of the tokens allowed by top-k and top-p, per row."""
+    V = probs.shape[-1]
+    if top_k == 0 and top_p >= 1.0:
+        return probs, torch.arange(V, device=probs.device).expand_as(probs)
+    k = min(top_k or V, V)
+    if k > CANDIDATES and top_p < 1.0:
+        # try the cheap partial top-k; keep it if every row's nucleus fits inside
+        vals, ids = probs.topk(CANDIDATES, dim=-1)
+        if bool((vals.sum(-1) >= top_p).all()):
+            return _nucleus(vals, ids, top_p)
+    vals, ids = probs.topk(k, dim=-1) if k < V else probs.sort(dim=-1, descending=True)
+    return _nucleus(vals, ids, top_p)
+
+
+def _nucleus(vals: torch.Tensor, ids: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero the tail beyond mass top_p (sorted descending input; the most likely token always stays)."""
+    if top_p < 1.0:
+        mass_before = vals.cumsum(-1) - vals
+        drop = mass_before >= top_p
+        drop[:, 0] = False
+        vals = vals.masked_fill(drop, 0.0)
+    return vals, ids
