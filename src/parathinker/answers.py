@@ -2,30 +2,51 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 
-_BOX_MARKERS = ("\\boxed", "\\fbox")
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
 
 
-def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces respected; None if absent."""
-    best: tuple[int, str] | None = None
-    for marker in _BOX_MARKERS:
-        start = text.rfind(marker + "{")
-        while start != -1:
-            i = start + len(marker) + 1
-            depth = 1
-            j = i
-            while j < len(text) and depth:
-                depth += {"{": 1, "}": -1}.get(text[j], 0)
-                j += 1
+def _braced(text: str, start: int) -> tuple[str, int] | None:
+    """Content of the ``{...}`` group opening at ``text[start]`` and the index after it."""
+    depth = 0
+    for i in range(start, len(text)):
+        c = text[i]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
             if depth == 0:
-                if best is None or start > best[0]:
-                    best = (start, text[i : j - 1].strip())
-                break
-            start = text.rfind(marker + "{", 0, start)  # unclosed: try an earlier one
-    return best[1] if best else None
+                return text[start + 1 : i], i + 1
+    return None  # unbalanced: the model was cut inside the box
+
+
+def all_boxed(text: str) -> list[str]:
+    """Every ``\\boxed{}``/``\\fbox{}`` content in order (nested braces kept, unclosed boxes skipped)."""
+    found: list[tuple[int, str]] = []
+    for cmd in _BOX_COMMANDS:
+        for m in re.finditer(re.escape(cmd) + r"(?![A-Za-z])", text):
+            j = m.end()
+            while j < len(text) and text[j] == " ":
+                j += 1
+            if j < len(text) and text[j] == "{":
+                got = _braced(text, j)
+                if got is not None:
+                    found.append((m.start(), got[0].strip()))
+            elif j > m.end() and j < len(text):  # "\boxed 5": one token after a space
+                tok = re.match(r"[^\s$]+", text[j:])
+                if tok:
+                    found.append((m.start(), tok.group(0)))
+    return [s for _, s in sorted(found)]
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{}``/``\\fbox{}`` in ``text``, or None."""
+    boxes = all_boxed(text)
+    return boxes[-1] if boxes else None
+
 
 
 def normalize_answer(ans: str) -> str:

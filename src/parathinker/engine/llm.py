@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..answers import extract_boxed, majority_vote
+from ..answers import last_boxed, majority_vote
 from ..errors import ConfigError, TokenizerError
 from ..layout import IGNORE_INDEX, pack
 from ..model import load_model
@@ -128,7 +128,7 @@ class LLM:
             for s in req.seqs
         ]
         for p in paths:
-            p.answer = extract_boxed(p.text)
+            p.answer = last_boxed(p.text)
         summary, votes = None, {}
         if req.summary is not None:
             s = req.summary
@@ -136,7 +136,7 @@ class LLM:
             text = self._decode(s.body)
             full = f"{prefix} {text}" if prefix and text and not text.startswith(" ") else prefix + text
             summary = SummaryOutput(full, list(s.body), s.finish_reason or "", prefix, list(s.logprobs))
-            answer = extract_boxed(summary.text)
+            answer = last_boxed(summary.text)
         elif pp.mode == "majority":
             answer, votes = majority_vote(p.answer for p in paths)
         else:

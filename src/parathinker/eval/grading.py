@@ -26,7 +26,8 @@ from typing import Any
 
 from math_verify import parse, verify
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
+from ..answers import all_boxed, last_boxed  # noqa: F401 - re-exported for eval users
+
 _PHRASE = re.compile(r"answer\s*(?:is|:|=)\s*(?:\$\s*)?(.+?)(?:\$|\.\s|\.$|\n|$)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?")
 
@@ -37,45 +38,6 @@ class Extraction:
 
     answer: str | None
     source: str  # "boxed" | "phrase" | "number" | "none"
-
-
-def _braced(text: str, start: int) -> tuple[str, int] | None:
-    """Content of the ``{...}`` group opening at ``text[start]`` and the index after it."""
-    depth = 0
-    for i in range(start, len(text)):
-        c = text[i]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
-    return None  # unbalanced: the model was cut inside the box
-
-
-def all_boxed(text: str) -> list[str]:
-    """Every ``\\boxed{}``/``\\fbox{}`` content in order (nested braces kept, unclosed boxes skipped)."""
-    found: list[tuple[int, str]] = []
-    for cmd in _BOX_COMMANDS:
-        for m in re.finditer(re.escape(cmd) + r"(?![A-Za-z])", text):
-            j = m.end()
-            while j < len(text) and text[j] == " ":
-                j += 1
-            if j < len(text) and text[j] == "{":
-                got = _braced(text, j)
-                if got is not None:
-                    found.append((m.start(), got[0].strip()))
-            elif j > m.end() and j < len(text):  # "\boxed 5": one token after a space
-                tok = re.match(r"[^\s$]+", text[j:])
-                if tok:
-                    found.append((m.start(), tok.group(0)))
-    return [s for _, s in sorted(found)]
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{}``/``\\fbox{}`` in ``text``, or None."""
-    boxes = all_boxed(text)
-    return boxes[-1] if boxes else None
 
 
 def extract_answer(text: str | None) -> Extraction:
