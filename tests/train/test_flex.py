@@ -31,6 +31,11 @@ from parathinker.train.modeling import TrainingModel, batch_attention, resolve_a
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
 
+def needs_cuda(f):  # noqa: ANN001, ANN201
+    """A ``gpu`` test (deselected by default), skipped where there is no CUDA device."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(f))
+
+
 @pytest.fixture(scope="module")
 def model_and_tokens(prepared_qwen):
     import transformers
@@ -129,7 +134,7 @@ def test_flex_has_no_cpu_backward_in_this_torch(model_and_tokens):
                      FlexAttention(batch_block_mask(batch["kinds"]), compile=False))
 
 
-@pytest.mark.gpu
+@needs_cuda
 def test_flex_gradients_equal_dense_on_gpu(model_and_tokens):
     """The training forward (TrainingModel, chunked loss) with flex (compiled) vs dense: same loss and gradients (fp32)."""
     model, ctok = model_and_tokens
@@ -150,7 +155,7 @@ def test_flex_gradients_equal_dense_on_gpu(model_and_tokens):
     assert worst <= 1e-3, worst  # GPU fp32 matmuls may use TF32-free but reordered reductions
 
 
-@pytest.mark.gpu
+@needs_cuda
 def test_flex_long_context_memory_on_gpu():
     """T = 16K, P = 8, bf16, forward + backward of one attention call: flex needs no T x T tensor."""
     B, H, KVH, hd, T = 1, 12, 2, 128, 16384
