@@ -48,26 +48,26 @@ class KillAfter:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
     d = tmp_path_factory.mktemp("tiny")
     model = helpers.make_checkpoint(d / "model")
-    rows = [{"id": i, "problem": f"what is {i} + {i} ?", "answer": str(2 * i)} for i in range(3)]
+    rows = [{"id": i, "problem": f"what is {i} + {i} ?", "answer": str(2 * i)} for i in range(2)]
     data = d / "toy.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return parathinker.LLM(str(model), device="cpu"), data
+    cache = parathinker.CacheConfig(kv_cache_memory=0.05)
+    return parathinker.LLM(str(model), device="cpu", cache=cache), data
 
 
-@pytest.mark.slow  # ~40 s on 2 CPU cores: run with -m slow
 def test_every_method_reports_and_resume_is_exact(tiny: tuple[Any, Path], tmp_path: Path) -> None:
     llm, data = tiny
     problems = {"toy": load_jsonl(data)}
     plan = RunPlan(benchmarks=("toy",), methods=("sequential", "majority", "parathinker", "reprefill"),
                    paths=(2,), samples=2, batch_size=2)
-    settings = EvalSettings(model="tiny", max_path_tokens=12, summary_max_tokens=6, temperature=1.0, top_p=1.0)
+    settings = EvalSettings(model="tiny", max_path_tokens=8, summary_max_tokens=4, temperature=1.0, top_p=1.0)
 
     n = run_eval(llm, problems, plan, settings, tmp_path / "full", progress=False)
-    assert n == 3 * 4 * 2
+    assert n == 2 * 4 * 2
     full = read_records(tmp_path / "full" / "samples.jsonl")
 
     with pytest.raises(Killed):
-        run_eval(KillAfter(llm, 5), problems, plan, settings, tmp_path / "resumed", progress=False)
+        run_eval(KillAfter(llm, 3), problems, plan, settings, tmp_path / "resumed", progress=False)
     run_eval(llm, problems, plan, settings, tmp_path / "resumed", progress=False)
     resumed = read_records(tmp_path / "resumed" / "samples.jsonl")
 
