@@ -1,4 +1,9 @@
-"""Package data: the bundled default model lives in ``assets/default/`` once it is trained."""
+"""Package data: the bundled models (trained by scripts/train_bundled.sh, see docs/bundled-model.md).
+
+``default/``: the ParaThinker checkpoint for the pathfind task, loaded by ``LLM(None)`` and
+``parathinker generate`` without ``--model``. ``sequential/``: the sequential baseline trained on
+the same traces with the same compute (for the comparison and its regression test).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 from ..errors import CheckpointError
 
 DEFAULT_MODEL = Path(__file__).parent / "default"
+SEQUENTIAL_MODEL = Path(__file__).parent / "sequential"
 
 
 def default_model_dir() -> Path:

@@ -1,0 +1,215 @@
+"""Tables and the accuracy-vs-P plot of the bundled model's evaluation (scripts/eval_bundled.sh).
+
+    python scripts/bundled_report.py runs/bundled_eval [--doc docs/bundled-model.md]
+
+Reads the run folders written by ``parathinker eval`` under RUN_ROOT (seq, pt, pt_no_te, pt_flat,
+pt_half, pt_last, tunnel; missing ones are skipped), computes every number from the sample logs
+with the harness's own metrics (pass@1 with bootstrap 95% intervals over problems), and writes
+RUN_ROOT/bundled_report.md and RUN_ROOT/accuracy_vs_paths.png. With ``--doc FILE`` the Markdown is
+also put between ``<!-- bundled-table:begin -->`` and ``<!-- bundled-table:end -->`` in FILE and
+the plot copied to ``docs/img/``. Nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parathinker.eval.metrics import CellMetrics, bootstrap_ci, cell_metrics
+from parathinker.eval.runlog import read_logs
+from parathinker.eval.runner import log_paths, sample_key
+from parathinker.eval.tunnel import tunnel_curve, tunnel_key
+
+BEGIN, END = "<!-- bundled-table:begin -->", "<!-- bundled-table:end -->"
+PS = (1, 2, 4, 8)
+
+
+def load(root: Path, name: str) -> list[dict]:
+    d = root / name
+    return read_logs(log_paths(d), sample_key) if d.is_dir() else []
+
+
+def cells_of(records: list[dict]) -> dict[tuple[str, int], CellMetrics]:
+    return {(c.method, c.paths): c for c in cell_metrics(records)}
+
+
+def by_cell(records: list[dict]) -> dict[tuple[str, int], list[dict]]:
+    out: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for r in records:
+        out[(r["method"], int(r["paths"]))].append(r)
+    return out
+
+
+def fmt(c: CellMetrics | None) -> str:
+    return "–" if c is None else f"{c.pass1:.1f} [{c.pass1_ci[0]:.1f}, {c.pass1_ci[1]:.1f}]"
+
+
+def paired_diff(a: list[dict], b: list[dict], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean difference (points) of per-problem accuracies a - b over the problems both have, 95% CI."""
+    def per_problem(recs: list[dict]) -> dict[str, float]:
+        g: dict[str, list[bool]] = defaultdict(list)
+        for r in recs:
+            g[str(r["id"])].append(bool(r["correct"]))
+        return {k: float(np.mean(v)) for k, v in g.items()}
+
+    pa, pb = per_problem(a), per_problem(b)
+    ids = sorted(set(pa) & set(pb))
+    d = np.array([pa[i] - pb[i] for i in ids])
+    lo, hi = bootstrap_ci([d], n_boot, seed)
+    return 100 * float(d.mean()), 100 * lo, 100 * hi
+
+
+def per_sample_seconds(recs: list[dict]) -> float:
+    """Wall-clock seconds of generate calls per sample (a batch's time shared by its problems)."""
+    return float(np.mean([float(r["wall_time"]) / max(1, int(r.get("batch", 1))) for r in recs]))
+
+
+def mean_stat(recs: list[dict], key: str) -> float | None:
+    vals = [r.get("stats", {}).get(key) for r in recs]
+    vals = [float(v) for v in vals if isinstance(v, (int, float))]
+    return float(np.mean(vals)) if vals else None
+
+
+def build(root: Path) -> tuple[str, dict[str, Any]]:
+    seq, pt = load(root, "seq"), load(root, "pt")
+    seq_c, pt_c = cells_of(seq), cells_of(pt)
+    seq_r, pt_r = by_cell(seq), by_cell(pt)
+    lines: list[str] = []
+    n_prob = {c.problems for c in [*seq_c.values(), *pt_c.values()]}
+    n_samp = {c.samples for c in [*seq_c.values(), *pt_c.values()]}
+    lines.append(f"Held-out pathfind problems: {', '.join(map(str, sorted(n_prob)))}; samples (seeds) per problem: "
+                 f"{', '.join(map(str, sorted(n_samp)))}. pass@1 in percent, [95% bootstrap interval over problems].")
+    lines.append("")
+    lines.append("| method | " + " | ".join(f"P={p}" for p in PS) + " |")
+    lines.append("|---" * (len(PS) + 1) + "|")
+    series: dict[str, list[CellMetrics | None]] = {}
+    rows = [
+        ("sequential (budget B = 128 tokens)", [seq_c.get(("sequential", 1))] * len(PS)),
+        ("sequential (budget 8B)", [seq_c.get(("sequential-long", 1))] * len(PS)),
+        ("majority@P (sequential model)", [seq_c.get(("majority", p)) for p in PS]),
+        ("**ParaThinker@P**", [pt_c.get(("parathinker", p)) for p in PS]),
+    ]
+    for name, cs in rows:
+        if any(c is not None for c in cs):
+            series[name] = cs
+            lines.append(f"| {name} | " + " | ".join(fmt(c) for c in cs) + " |")
+    lines.append("")
+    summary: dict[str, Any] = {}
+    for label, other in (("sequential (budget B)", seq_r.get(("sequential", 1))),
+                         ("majority@8", seq_r.get(("majority", 8)))):
+        mine = pt_r.get(("parathinker", 8))
+        if mine and other:
+            d, lo, hi = paired_diff(mine, other)
+            summary[label] = d
+            lines.append(f"- ParaThinker@8 − {label}: **{d:+.1f} points** [{lo:+.1f}, {hi:+.1f}] (paired over problems)")
+    lines.append("")
+
+    # ablations: accuracy and time
+    abl = [("ParaThinker (KV reuse)", pt_r, "parathinker"), ("re-prefill summary", pt_r, "reprefill")]
+    for name, folder in (("thought embeddings off (inference)", "pt_no_te"), ("flattened positions (inference)", "pt_flat")):
+        abl.append((name, by_cell(load(root, folder)), "parathinker"))
+    abl_rows = []
+    for name, recs_by, method in abl:
+        for p in (2, 4, 8):
+            recs = recs_by.get((method, p))
+            if recs:
+                c = cells_of(recs)[(method, p)]
+                pre = mean_stat(recs, "prefill_tokens")
+                abl_rows.append(f"| {name} | {p} | {fmt(c)} | {per_sample_seconds(recs) * 1000:.1f} | "
+                                f"{'–' if pre is None else f'{pre:.0f}'} |")
+                if method == "parathinker" and recs_by is not pt_r:
+                    series.setdefault(name, [None] * len(PS))[PS.index(p)] = c
+    if abl_rows:
+        lines += ["Ablations (same ParaThinker checkpoint; ms per sample = wall time of the batched generate calls "
+                  "divided by the problems in the batch):", "",
+                  "| variant | P | accuracy | ms / sample | prefill tokens / sample |", "|---|---|---|---|---|", *abl_rows, ""]
+
+    # termination
+    term_rows = []
+    for name, recs_by in (("first", pt_r), ("half", by_cell(load(root, "pt_half"))), ("last", by_cell(load(root, "pt_last")))):
+        for p in (4, 8):
+            recs = recs_by.get(("parathinker", p))
+            if recs:
+                c = cells_of(recs)[("parathinker", p)]
+                term_rows.append(f"| {name} | {p} | {fmt(c)} | {c.tokens_per_path:.1f} | {c.total_tokens:.1f} |")
+    if term_rows:
+        lines += ["Termination (when thinking stops; paths still running are closed):", "",
+                  "| termination | P | accuracy | tokens / path | tokens / sample (paths + summary) |",
+                  "|---|---|---|---|---|", *term_rows, ""]
+
+    # tunnel vision
+    tdir = root / "tunnel"
+    trecs = read_logs(sorted(tdir.glob("tunnel*.jsonl")), tunnel_key) if tdir.is_dir() else []
+    curve = tunnel_curve(trecs) if trecs else []
+    if curve:
+        lines += ["Tunnel vision (sequential model; it continues its own wrong path from its first L tokens; "
+                  "L = 0: a fresh sample on the same problems):", "",
+                  "| prefix L (tokens) | " + " | ".join(str(t["prefix_tokens"]) for t in curve) + " |",
+                  "|---" * (len(curve) + 1) + "|",
+                  "| accuracy | " + " | ".join(f"{t['accuracy']:.1f}" for t in curve) + " |",
+                  "| n | " + " | ".join(str(t["n"]) for t in curve) + " |", ""]
+    return "\n".join(lines), {"series": series, "summary": summary, "tunnel": curve}
+
+
+def plot(out: Path, series: dict[str, list[CellMetrics | None]]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, cs in series.items():
+        pts = [(p, c) for p, c in zip(PS, cs) if c is not None]
+        if not pts:
+            continue
+        xs = [p for p, _ in pts]
+        ys = [c.pass1 for _, c in pts]
+        err = np.array([[c.pass1 - c.pass1_ci[0], c.pass1_ci[1] - c.pass1] for _, c in pts]).T
+        style = "--" if name.startswith(("sequential", "thought", "flattened", "re-prefill")) else "-"
+        ax.errorbar(xs, ys, yerr=err, marker="o", linestyle=style, capsize=3, label=name.replace("*", ""))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(PS), [str(p) for p in PS])
+    ax.set_xlabel("P (parallel paths / samples)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("pathfind, held-out problems (95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "accuracy_vs_paths.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root", help="the OUT folder of scripts/eval_bundled.sh")
+    ap.add_argument("--doc", help="Markdown file with the bundled-table markers to update")
+    a = ap.parse_args(argv)
+    root = Path(a.root)
+    text, data = build(root)
+    png = plot(root, data["series"])
+    (root / "bundled_report.md").write_text(text + "\n")
+    if a.doc:
+        doc = Path(a.doc)
+        img = doc.parent / "img" / "bundled_accuracy_vs_paths.png"
+        img.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(png, img)
+        body = doc.read_text()
+        if BEGIN not in body or END not in body:
+            raise SystemExit(f"{doc}: no {BEGIN} ... {END} markers")
+        head, rest = body.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        block = f"{BEGIN}\n{text}\n![accuracy vs P](img/{img.name})\n{END}"
+        doc.write_text(head + block + tail)
+    print(text)
+    print(f"plot: {png}")
+
+
+if __name__ == "__main__":
+    main()
