@@ -138,7 +138,7 @@ class Engine:
         L = req.prompt_len
         req.prompt_run = self.pool.new_run()
         slots = self.pool.extend(req.prompt_run, L, req.id)
-        chunk = Chunk(req.spec.prompt_ids, list(range(L)), [0] * L, slots, req.prompt_run.slots())
+        chunk = Chunk(req.spec.prompt_ids, list(range(L)), [0] * L, slots, [req.prompt_run])
         (logits,) = self.runner.forward([chunk])
         req.stats["prefill_tokens"] += L
         req.mark("prefill")
@@ -239,8 +239,8 @@ class Engine:
         else:
             pos = [self._position(s, s.t + j) for j in range(n)]
             seg = [s.segment] * n
-        read = [slot for r in s.reads for slot in r.slot_list]
-        chunk = Chunk(s.pending, pos, seg, slots, read, s.visibility)
+        # paths and samples read their request's prompt run first: a prefix shared with their siblings
+        chunk = Chunk(s.pending, pos, seg, slots, s.reads, s.visibility, shared_prefix=s.kind in ("path", "sample"))
         key = {"path": "path_tokens", "sample": "path_tokens"}.get(s.kind, "summary_tokens")
         if s.kind == "reprefill" and s.visibility is not None:
             key = "reprefill_tokens"  # the packed re-computation; the summary's own decoding counts as summary

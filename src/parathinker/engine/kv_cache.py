@@ -20,6 +20,10 @@ class CacheConfig:
         metadata={"help": "GiB for the KV pool (default: 2 GiB on CPU, 85%% of free memory on CUDA)"},
     )
     num_pages: int | None = field(default=None, metadata={"help": "exact page count (overrides the budget)"})
+    attention: str = field(
+        default="auto",
+        metadata={"help": "decode attention: auto (triton on CUDA), reference (explicit mask), triton"},
+    )
 
     def __post_init__(self) -> None:
         if self.page_size < 1:
@@ -28,6 +32,8 @@ class CacheConfig:
             raise ConfigError(f"kv_cache_memory must be > 0 GiB, got {self.kv_cache_memory}")
         if self.num_pages is not None and self.num_pages < 2:
             raise ConfigError(f"num_pages must be >= 2, got {self.num_pages}")
+        if self.attention not in ("auto", "reference", "triton"):
+            raise ConfigError(f"attention must be auto, reference or triton, got {self.attention!r}")
 
 
 class KVCache:

@@ -7,21 +7,27 @@ from dataclasses import dataclass
 import torch
 
 from ..model import ParaThinkerForCausalLM
-from .attention import PagedReference, build_metadata
+from .attention import PagedReference, TritonDecode, build_metadata, triton_available
+from .block_manager import Run
 from .kv_cache import CacheConfig, KVCache
 
 
 @dataclass
 class Chunk:
-    """New tokens of one sequence for one forward. Their slots are already allocated (last in ``read_slots``)."""
+    """New tokens of one sequence for one forward. Their slots are already allocated (end of the last run)."""
 
     tokens: list[int]
     positions: list[int]
     segments: list[int]
     new_slots: list[int]
-    read_slots: list[int]
+    reads: list[Run]  # the runs it reads, in order; its own run (holding the new tokens) last
     visibility: torch.Tensor | None = None  # (n, n) bool among the new tokens; None = causal
     all_logits: bool = False  # logits for every new token (scoring) instead of the last one only
+    shared_prefix: bool = False  # reads[0] is a prompt run its sibling sequences read too
+
+    @property
+    def read_slots(self) -> list[int]:
+        return [slot for r in self.reads for slot in r.slot_list]
 
 
 class ModelRunner:
@@ -30,6 +36,7 @@ class ModelRunner:
         self.device = model.device
         self.kv = KVCache(model.config, cache_config, model.dtype, self.device)
         self.num_forwards = 0
+        self.decode_backend = resolve_backend(cache_config.attention, self.device)
 
     @torch.inference_mode()
     def forward(self, chunks: list[Chunk]) -> list[torch.Tensor]:
@@ -43,11 +50,15 @@ class ModelRunner:
             ids[b, :n] = torch.tensor(c.tokens)
             pos[b, :n] = torch.tensor(c.positions)
             seg[b, :n] = torch.tensor(c.segments)
-        meta = build_metadata(
-            [c.new_slots for c in chunks], [c.read_slots for c in chunks], [c.visibility for c in chunks], self.device
-        )
         dev = self.device
-        hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), PagedReference(self.kv.data, meta))
+        if self.decode_backend == "triton" and T == 1 and all(c.visibility is None for c in chunks):
+            attn = TritonDecode.for_chunks(self.kv.data, chunks, dev)
+        else:
+            meta = build_metadata(
+                [c.new_slots for c in chunks], [c.read_slots for c in chunks], [c.visibility for c in chunks], dev
+            )
+            attn = PagedReference(self.kv.data, meta)
+        hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
         self.num_forwards += 1
         want_all = [c.all_logits for c in chunks]
         lengths = torch.tensor([len(c.tokens) for c in chunks], device=dev)
@@ -60,3 +71,14 @@ class ModelRunner:
             lg = self.model.logits(h)
             out.append(lg if c.all_logits else lg[0])
         return out
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """``auto``: the Triton decode kernel on CUDA when Triton is installed, else the reference."""
+    if name == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "reference"
+    if name == "triton" and not triton_available():
+        from ..errors import ConfigError
+
+        raise ConfigError("--attention triton needs the triton package (pip install triton)")
+    return name
