@@ -59,7 +59,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     pp = dataclasses.replace(dp, **_explicit(args, ParallelParams, args._defaults))
     sp = dataclasses.replace(ds, **_explicit(args, SamplingParams, args._defaults))
-    outs = llm.generate(args.question, pp, sp, raw=args.raw, progress=len(args.question) > 1)
+    outs = llm.generate(args.question, pp, sp, raw=args.raw, progress=not args.json)
     if args.json:
         print(json.dumps([_as_dict(o) for o in outs], indent=2, ensure_ascii=False))
     else:

@@ -90,8 +90,16 @@ class Engine:
         return pages
 
     # ---------------------------------------------------------------- main loop
-    def run(self, specs: list[RequestSpec], on_finish: Callable[[Request], None] | None = None) -> list[Request]:
-        """Run requests to completion (all admitted ones decode together); return them in input order."""
+    def run(
+        self,
+        specs: list[RequestSpec],
+        on_finish: Callable[[Request], None] | None = None,
+        on_step: Callable[[list[Request]], None] | None = None,
+    ) -> list[Request]:
+        """Run requests to completion (all admitted ones decode together); return them in input order.
+
+        ``on_finish(request)`` is called as each request completes, ``on_step(active)`` after each step.
+        """
         needs = [self.check(s) for s in specs]
         reqs = []
         for spec in specs:
@@ -108,6 +116,8 @@ class Engine:
                 self._prefill(req)
                 active.append(req)
             self._step(active)
+            if on_step:
+                on_step(active)
             for req in [r for r in active if r.phase == "done"]:
                 active.remove(req)
                 self._release(req)

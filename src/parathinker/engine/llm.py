@@ -111,15 +111,32 @@ class LLM:
         for i, p in enumerate(prompts):
             sp = sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + i)
             specs.append(RequestSpec(self.encode_prompt(p, raw), parallel, sp, prefix))
-        bar = None
-        if progress:
+        if not progress:
+            reqs = self.engine.run(specs)
+        elif len(specs) > 1:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(specs), desc="requests", unit="req")
-        reqs = self.engine.run(specs, on_finish=(lambda r: bar.update(1)) if bar else None)
-        if bar:
-            bar.close()
+            with tqdm(total=len(specs), desc="requests", unit="req") as bar:
+                reqs = self.engine.run(specs, on_finish=lambda r: bar.update(1))
+        else:
+            reqs = self._run_one_with_progress(specs[0], parallel)
         return [self._output(p, r) for p, r in zip(prompts, reqs)]
+
+    def _run_one_with_progress(self, spec: RequestSpec, parallel: ParallelParams) -> list[Request]:
+        """One request: a bar over its longest path's tokens, then its summary (ETA from the budgets)."""
+        from tqdm import tqdm
+
+        budget = parallel.max_path_tokens + (parallel.summary_max_tokens if parallel.mode in ("parathinker", "reprefill") else 0)
+        with tqdm(total=budget, desc="thinking", unit="tok", leave=False) as bar:
+            def step(active: list[Request]) -> None:
+                for r in active:
+                    done = max((len(s.body) for s in r.seqs), default=0)
+                    if r.summary is not None:
+                        bar.set_description("summary")
+                        done = parallel.max_path_tokens + len(r.summary.body)
+                    bar.update(max(0, done - bar.n))
+
+            return self.engine.run([spec], on_step=step)
 
     def _output(self, prompt: str, req: Request) -> RequestOutput:
         pp = req.pp
