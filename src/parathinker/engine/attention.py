@@ -8,7 +8,9 @@ additive mask. Faster backends (shared-prefix / cascade kernels, CUDA graphs) mu
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 
@@ -26,33 +28,44 @@ class StepMetadata:
 
 def build_metadata(
     new_slots: list[list[int]],
-    read_slots: list[list[int]],
+    read_slots: list[Iterable[int]],
     visibility: list[torch.Tensor | None],
     device: torch.device,
+    read_lens: list[int] | None = None,
 ) -> StepMetadata:
     """Rows read ``read_slots[b]`` (context, then their own new tokens, which end the list).
 
     A new token j of row b sees every context key and the new tokens up to j (causal), or the
     new tokens ``visibility[b][j]`` allows when given (the re-prefill of a packed sequence).
+    Built from two flat tensors and index arithmetic: no per-row tensor, so hundreds of rows cost
+    about as much as a few.
     """
     B = len(new_slots)
-    T = max(len(s) for s in new_slots)
-    S = max(len(s) for s in read_slots)
-    slot_mapping = torch.zeros(B, T, dtype=torch.long)
-    kv_slots = torch.zeros(B, S, dtype=torch.long)
-    limit = torch.ones(B, T, dtype=torch.long)  # padded queries see key 0 only (no NaN rows)
-    for b, (new, read) in enumerate(zip(new_slots, read_slots)):
-        n = len(new)
-        slot_mapping[b, :n] = torch.tensor(new)
-        kv_slots[b, : len(read)] = torch.tensor(read)
-        limit[b, :n] = torch.arange(len(read) - n + 1, len(read) + 1)
+    n_new = torch.tensor([len(s) for s in new_slots])
+    n_read = torch.tensor(read_lens if read_lens is not None else [len(s) for s in read_slots])  # type: ignore[arg-type]
+    T, S = int(n_new.max()), int(n_read.max())
+    slot_mapping = _pad_rows(torch.tensor(list(chain.from_iterable(new_slots)), dtype=torch.long), n_new, T)
+    kv_slots = _pad_rows(torch.tensor(list(chain.from_iterable(read_slots)), dtype=torch.long), n_read, S)
+    ctx = (n_read - n_new)[:, None]  # (B, 1)
+    j = torch.arange(T)[None, :]
+    limit = torch.where(j < n_new[:, None], ctx + j + 1, 1)  # padded queries see key 0 only (no NaN rows)
     visible = torch.arange(S)[None, None, :] < limit[:, :, None]  # (B, T, S)
     for b, vis in enumerate(visibility):
         if vis is not None:
-            n, ctx = len(new_slots[b]), len(read_slots[b]) - len(new_slots[b])
-            visible[b, :n, ctx : ctx + n] = vis
+            n, c = int(n_new[b]), int(ctx[b])
+            visible[b, :n, c : c + n] = vis
     bias = torch.zeros(B, 1, T, S).masked_fill_(~visible[:, None], float("-inf"))
     return StepMetadata(slot_mapping.to(device), kv_slots.to(device), bias.to(device))
+
+
+def _pad_rows(flat: torch.Tensor, lens: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows of lengths ``lens`` laid end to end in ``flat`` -> (B, width), zero padded."""
+    out = torch.zeros(len(lens), width, dtype=flat.dtype)
+    rows = torch.repeat_interleave(torch.arange(len(lens)), lens)
+    starts = torch.cumsum(lens, 0) - lens
+    cols = torch.arange(flat.numel()) - starts[rows]
+    out[rows, cols] = flat
+    return out
 
 
 class PagedReference:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 
@@ -55,7 +56,11 @@ class ModelRunner:
             attn = TritonDecode.for_chunks(self.kv.data, chunks, dev)
         else:
             meta = build_metadata(
-                [c.new_slots for c in chunks], [c.read_slots for c in chunks], [c.visibility for c in chunks], dev
+                [c.new_slots for c in chunks],
+                [chain.from_iterable(r.slot_list for r in c.reads) for c in chunks],
+                [c.visibility for c in chunks],
+                dev,
+                read_lens=[sum(r.length for r in c.reads) for c in chunks],
             )
             attn = PagedReference(self.kv.data, meta)
         hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
