@@ -19,6 +19,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, help="HF checkpoint directory, or 'smollm2' (default: the bundled model)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--threads", default="auto", help="torch CPU threads (auto: 1 for models under 20M parameters)")
 
 
 def _add_generate(sub: Any) -> None:
@@ -53,7 +54,7 @@ def _generate(args: argparse.Namespace) -> int:
     # validate options before the (slow) model load
     dataclass_from_args(ParallelParams, args)
     dataclass_from_args(SamplingParams, args)
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, cache=cache)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, cache=cache, threads=args.threads)
     dp, ds = llm.default_params()
     import dataclasses
 

@@ -52,12 +52,17 @@ class LLM:
         dtype: str | torch.dtype = "auto",
         cache: CacheConfig | None = None,
         prompt_style: PromptStyle | None = None,
+        threads: int | str | None = None,
     ):
+        """``threads``: torch CPU threads; None leaves torch's setting, "auto" uses 1 for small models
+        on the CPU (their ops are too short to gain from threads, and threads that wait on each
+        other make a busy machine many times slower)."""
         path = resolve_model_path(model)
         self.path = path
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
         self.model = load_model(path, dtype=dtype, device=device)
+        _set_threads(threads, self.model)
         self.tokenizer = load_tokenizer(path)
         self.style = prompt_style or PromptStyle.from_checkpoint(path)
         eos = _eos_ids(path, self.tokenizer)
@@ -220,3 +225,20 @@ def _eos_ids(path: Path, tokenizer: Any) -> tuple[int, ...]:
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return tuple(dict.fromkeys(int(i) for i in ids))
+
+
+SMALL_MODEL_PARAMS = 20_000_000
+
+
+def _set_threads(threads: int | str | None, model: torch.nn.Module) -> None:
+    if threads is None:
+        return
+    if threads == "auto":
+        small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
+        if model.device.type == "cpu" and small:
+            torch.set_num_threads(1)
+        return
+    n = int(threads)
+    if n < 1:
+        raise ConfigError(f"threads must be >= 1 or auto, got {threads}")
+    torch.set_num_threads(n)

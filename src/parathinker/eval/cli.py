@@ -70,7 +70,7 @@ def load_llm(model: str, device: str | None) -> GenerateLLM:
         raise ConfigError("the engine (parathinker.LLM) is not available in this install") from None
     if not Path(model).exists() and model.startswith((".", "/")):
         raise CheckpointError(f"--model {model}: no such directory")
-    return LLM(model, device=device) if device else LLM(model)
+    return LLM(model, device=device, threads="auto") if device else LLM(model, threads="auto")
 
 
 def settings_from_args(args: argparse.Namespace) -> EvalSettings:
