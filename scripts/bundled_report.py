@@ -2,8 +2,9 @@
 
     python scripts/bundled_report.py runs/bundled_eval [--doc docs/bundled-model.md]
 
-Reads the run folders written by ``parathinker eval`` under RUN_ROOT (seq, pt, pt_no_te, pt_flat,
-pt_half, pt_last, tunnel; missing ones are skipped), computes every number from the sample logs
+Reads the run folders written by ``parathinker eval`` under RUN_ROOT (pt, pt_long, pt_last, pt_half,
+pt_reprefill, pt_no_te, pt_flat, and seq/tunnel when a sequential model was evaluated; missing
+ones are skipped), computes every number from the sample logs
 with the harness's own metrics (pass@1 with bootstrap 95% intervals over problems), and writes
 RUN_ROOT/bundled_report.md and RUN_ROOT/accuracy_vs_paths.png. With ``--doc FILE`` the Markdown is
 also put between ``<!-- bundled-table:begin -->`` and ``<!-- bundled-table:end -->`` in FILE and
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from parathinker.eval.grading import majority_vote
 from parathinker.eval.metrics import CellMetrics, bootstrap_ci, cell_metrics
 from parathinker.eval.runlog import read_logs
 from parathinker.eval.runner import log_paths, sample_key
@@ -42,6 +44,20 @@ def by_cell(records: list[dict]) -> dict[tuple[str, int], list[dict]]:
     out: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for r in records:
         out[(r["method"], int(r["paths"]))].append(r)
+    return out
+
+
+def path_vote_records(records: list[dict]) -> list[dict]:
+    """Majority@P over the paths' own answers of ParaThinker runs (no summary): derived records.
+
+    Graded by the route string (whitespace-normalised) against the gold: a tree has exactly one
+    route from the start to the goal, so this equals the task's verifier.
+    """
+    out = []
+    for r in records:
+        v = majority_vote(list(r["path_answers"]))
+        ans = None if v.answer is None else " ".join(v.answer.split())
+        out.append({**r, "method": "paths-majority", "answer": ans, "correct": ans == " ".join(r["gold"].split())})
     return out
 
 
@@ -75,24 +91,31 @@ def mean_stat(recs: list[dict], key: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def cell(recs: list[dict], method: str, p: int) -> CellMetrics | None:
+    return cells_of(recs).get((method, p))
+
+
 def build(root: Path) -> tuple[str, dict[str, Any]]:
-    seq, pt = load(root, "seq"), load(root, "pt")
-    seq_c, pt_c = cells_of(seq), cells_of(pt)
-    seq_r, pt_r = by_cell(seq), by_cell(pt)
+    pt, seq = load(root, "pt"), load(root, "seq")
+    last, half, long_ = load(root, "pt_last"), load(root, "pt_half"), load(root, "pt_long")
+    votes = path_vote_records([r for r in pt if int(r["paths"]) == 1] + last)
+    pt_r, seq_r, vote_r = by_cell(pt), by_cell(seq), by_cell(votes)
     lines: list[str] = []
-    n_prob = {c.problems for c in [*seq_c.values(), *pt_c.values()]}
-    n_samp = {c.samples for c in [*seq_c.values(), *pt_c.values()]}
-    lines.append(f"Held-out pathfind problems: {', '.join(map(str, sorted(n_prob)))}; samples (seeds) per problem: "
-                 f"{', '.join(map(str, sorted(n_samp)))}. pass@1 in percent, [95% bootstrap interval over problems].")
+    all_cells = [c for recs in (pt, seq, last) if recs for c in cell_metrics(recs)]
+    lines.append(f"Held-out pathfind problems: {', '.join(map(str, sorted({c.problems for c in all_cells})))}; "
+                 f"samples (seeds) per problem: {', '.join(map(str, sorted({c.samples for c in all_cells})))}. "
+                 "pass@1 in percent [95% bootstrap interval over problems]. B = 128 tokens per path.")
     lines.append("")
     lines.append("| method | " + " | ".join(f"P={p}" for p in PS) + " |")
     lines.append("|---" * (len(PS) + 1) + "|")
     series: dict[str, list[CellMetrics | None]] = {}
     rows = [
-        ("sequential (budget B = 128 tokens)", [seq_c.get(("sequential", 1))] * len(PS)),
-        ("sequential (budget 8B)", [seq_c.get(("sequential-long", 1))] * len(PS)),
-        ("majority@P (sequential model)", [seq_c.get(("majority", p)) for p in PS]),
-        ("**ParaThinker@P**", [pt_c.get(("parathinker", p)) for p in PS]),
+        ("one sequential path, budget B (ParaThinker@1)", [cell(pt, "parathinker", 1)] * len(PS)),
+        ("one sequential path, budget 8B", [cell(long_, "parathinker", 1)] * len(PS)),
+        ("majority@P over the model's own P paths", [cell(votes, "paths-majority", p) for p in PS]),
+        ("sequential model (--sequential), budget B", [cell(seq, "sequential", 1)] * len(PS)),
+        ("sequential model, majority@P", [cell(seq, "majority", p) for p in PS]),
+        ("**ParaThinker@P**", [cell(pt, "parathinker", p) for p in PS]),
     ]
     for name, cs in rows:
         if any(c is not None for c in cs):
@@ -100,42 +123,40 @@ def build(root: Path) -> tuple[str, dict[str, Any]]:
             lines.append(f"| {name} | " + " | ".join(fmt(c) for c in cs) + " |")
     lines.append("")
     summary: dict[str, Any] = {}
-    for label, other in (("sequential (budget B)", seq_r.get(("sequential", 1))),
-                         ("majority@8", seq_r.get(("majority", 8)))):
-        mine = pt_r.get(("parathinker", 8))
+    mine = pt_r.get(("parathinker", 8))
+    for label, other in (("one path (budget B)", pt_r.get(("parathinker", 1))),
+                         ("majority@8 over its own paths", vote_r.get(("paths-majority", 8))),
+                         ("the sequential model", seq_r.get(("sequential", 1))),
+                         ("the sequential model's majority@8", seq_r.get(("majority", 8)))):
         if mine and other:
             d, lo, hi = paired_diff(mine, other)
             summary[label] = d
             lines.append(f"- ParaThinker@8 − {label}: **{d:+.1f} points** [{lo:+.1f}, {hi:+.1f}] (paired over problems)")
     lines.append("")
 
-    # ablations: accuracy and time
-    abl = [("ParaThinker (KV reuse)", pt_r, "parathinker"), ("re-prefill summary", pt_r, "reprefill")]
-    for name, folder in (("thought embeddings off (inference)", "pt_no_te"), ("flattened positions (inference)", "pt_flat")):
-        abl.append((name, by_cell(load(root, folder)), "parathinker"))
+    # ablations: accuracy and time, P = 8
     abl_rows = []
-    for name, recs_by, method in abl:
-        for p in (2, 4, 8):
-            recs = recs_by.get((method, p))
-            if recs:
-                c = cells_of(recs)[(method, p)]
-                pre = mean_stat(recs, "prefill_tokens")
-                abl_rows.append(f"| {name} | {p} | {fmt(c)} | {per_sample_seconds(recs) * 1000:.1f} | "
-                                f"{'–' if pre is None else f'{pre:.0f}'} |")
-                if method == "parathinker" and recs_by is not pt_r:
-                    series.setdefault(name, [None] * len(PS))[PS.index(p)] = c
+    for name, folder, method in (("ParaThinker (summary reuses the paths' KV)", "pt", "parathinker"),
+                                 ("re-prefill summary", "pt_reprefill", "reprefill"),
+                                 ("thought embeddings off (at inference)", "pt_no_te", "parathinker"),
+                                 ("flattened positions (at inference)", "pt_flat", "parathinker")):
+        recs = by_cell(load(root, folder)).get((method, 8))
+        if recs:
+            c = cells_of(recs)[(method, 8)]
+            pre = (mean_stat(recs, "prefill_tokens") or 0) + (mean_stat(recs, "reprefill_tokens") or 0)
+            abl_rows.append(f"| {name} | {fmt(c)} | {per_sample_seconds(recs) * 1000:.1f} | "
+                            f"{'–' if pre is None else f'{pre:.0f}'} |")
     if abl_rows:
-        lines += ["Ablations (same ParaThinker checkpoint; ms per sample = wall time of the batched generate calls "
-                  "divided by the problems in the batch):", "",
-                  "| variant | P | accuracy | ms / sample | prefill tokens / sample |", "|---|---|---|---|---|", *abl_rows, ""]
+        lines += ["Ablations, P = 8, same checkpoint (ms / sample: wall time of the batched generate calls divided "
+                  "by the problems in the batch, 1 CPU thread):", "",
+                  "| variant | accuracy | ms / sample | prefill + re-prefill tokens / sample |", "|---|---|---|---|", *abl_rows, ""]
 
     # termination
     term_rows = []
-    for name, recs_by in (("first", pt_r), ("half", by_cell(load(root, "pt_half"))), ("last", by_cell(load(root, "pt_last")))):
+    for name, recs_all in (("first", pt), ("half", half), ("last", last)):
         for p in (4, 8):
-            recs = recs_by.get(("parathinker", p))
-            if recs:
-                c = cells_of(recs)[("parathinker", p)]
+            c = cell(recs_all, "parathinker", p)
+            if c is not None:
                 term_rows.append(f"| {name} | {p} | {fmt(c)} | {c.tokens_per_path:.1f} | {c.total_tokens:.1f} |")
     if term_rows:
         lines += ["Termination (when thinking stops; paths still running are closed):", "",
@@ -170,7 +191,7 @@ def plot(out: Path, series: dict[str, list[CellMetrics | None]]) -> Path:
         xs = [p for p, _ in pts]
         ys = [c.pass1 for _, c in pts]
         err = np.array([[c.pass1 - c.pass1_ci[0], c.pass1_ci[1] - c.pass1] for _, c in pts]).T
-        style = "--" if name.startswith(("sequential", "thought", "flattened", "re-prefill")) else "-"
+        style = "--" if name.startswith(("one sequential", "sequential")) else "-"
         ax.errorbar(xs, ys, yerr=err, marker="o", linestyle=style, capsize=3, label=name.replace("*", ""))
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(PS), [str(p) for p in PS])

@@ -1,32 +1,42 @@
 #!/usr/bin/env bash
-# Evaluate the bundled ParaThinker model and the sequential baseline on held-out pathfind problems,
-# then build the table + plot (scripts/bundled_report.py). Resumable: rerun to continue.
+# Evaluate the bundled ParaThinker model on held-out pathfind problems, then build the tables and
+# the plot (scripts/bundled_report.py). Resumable: rerun to continue. Two eval jobs run at a time,
+# one CPU thread each.
 #
-#   scripts/eval_bundled.sh [PT_MODEL] [SEQ_MODEL] [TEST_JSONL] [OUT]
-#   env: N (problems, default 500), SAMPLES (seeds per problem, default 2), BATCH (default 100)
+#   scripts/eval_bundled.sh [PT_MODEL] [TEST_JSONL] [OUT] [SEQ_MODEL]
+#   env: N (problems, default 500), SAMPLES (seeds per problem, default 1), BATCH (default 100)
 set -euo pipefail
 PT=${1:-src/parathinker/assets/default}
-SEQ=${2:-runs/bundled_work/seq}
-TEST=${3:-runs/bundled_work/data/test.jsonl}
-OUT=${4:-runs/bundled_eval}
+TEST=${2:-runs/bundled_work/data/test.jsonl}
+OUT=${3:-runs/bundled_eval}
+SEQ=${4:-}
 N=${N:-500}
-SAMPLES=${SAMPLES:-2}
+SAMPLES=${SAMPLES:-1}
 BATCH=${BATCH:-100}
+export OMP_NUM_THREADS=1
 # the checkpoint's prompting defaults (parathinker.json): temperature 1, top_p 1, path budget 128, summary 48
 COMMON=(--benchmark "$TEST" --limit "$N" --samples "$SAMPLES" --batch-size "$BATCH" --temperature 1.0 --top-p 1.0
-        --max-path-tokens 128 --summary-max-tokens 48 --no-progress)
-ev() { echo "== $*"; /usr/bin/time -f "   %e s" parathinker eval "${COMMON[@]}" "$@"; }
+        --summary-max-tokens 48 --no-progress)
+ev() { local out=$1; shift; echo "== $out: $*"; /usr/bin/time -f "   $out: %e s" parathinker eval "${COMMON[@]}" --out "$OUT/$out" "$@"; }
 
-# main table: sequential baseline model (one path at budget B, at 8B), majority@P; ParaThinker@P
-ev --model "$SEQ" --method sequential,sequential-long,majority --paths 1,2,4,8 --sequential-max-tokens 1024 --out "$OUT/seq"
-ev --model "$PT" --method parathinker,reprefill --paths 1,2,4,8 --out "$OUT/pt"
-# ablations at inference: no thought embeddings, flattened positions
-ev --model "$PT" --method parathinker --paths 2,4,8 --no-thought-embeddings --out "$OUT/pt_no_te"
-ev --model "$PT" --method parathinker --paths 2,4,8 --flat-positions --out "$OUT/pt_flat"
-# termination: half / last (first is the main run)
-ev --model "$PT" --method parathinker --paths 4,8 --termination half --out "$OUT/pt_half"
-ev --model "$PT" --method parathinker --paths 4,8 --termination last --out "$OUT/pt_last"
-# tunnel vision: the sequential model continues its own wrong paths from prefixes of L tokens
-ev --model "$SEQ" --tunnel-vision --tunnel-prefixes 4,8,16,24,32 --out "$OUT/tunnel"
-
+(   # ParaThinker@P (P=1: one path, then its summary = the sequential path at the same budget), re-prefill
+    ev pt --model "$PT" --method parathinker --paths 1,2,4,8 --max-path-tokens 128
+    ev pt_reprefill --model "$PT" --method reprefill --paths 8 --max-path-tokens 128
+    # one path with 8x the budget
+    ev pt_long --model "$PT" --method parathinker --paths 1 --max-path-tokens 1024
+    # tunnel vision needs a model that writes plain sequential paths: only with SEQ_MODEL
+    if [ -n "$SEQ" ]; then
+        ev seq --model "$SEQ" --method sequential,sequential-long,majority --paths 1,2,4,8 --max-path-tokens 128 \
+            --sequential-max-tokens 1024
+        ev tunnel --model "$SEQ" --tunnel-vision --tunnel-prefixes 4,8,16,24,32 --max-path-tokens 128
+    fi
+) &
+(   # termination last (all paths finish: also gives majority@P over the model's own paths) and half
+    ev pt_last --model "$PT" --method parathinker --paths 2,4,8 --termination last --max-path-tokens 128
+    ev pt_half --model "$PT" --method parathinker --paths 4,8 --termination half --max-path-tokens 128
+    # ablations at inference: no thought embeddings, flattened positions
+    ev pt_no_te --model "$PT" --method parathinker --paths 8 --no-thought-embeddings --max-path-tokens 128
+    ev pt_flat --model "$PT" --method parathinker --paths 8 --flat-positions --max-path-tokens 128
+) &
+wait
 python scripts/bundled_report.py "$OUT"
