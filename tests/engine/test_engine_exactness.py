@@ -161,3 +161,14 @@ def test_flat_positions_generation_matches_brute_force(tiny_qwen2, termination):
     packed = pack(o.prompt_token_ids, [p.token_ids for p in o.paths], o.summary.token_ids, c,
                   config=LayoutConfig(flat_positions=True, flat_stride=stride))
     assert packed.positions == pos
+
+
+def test_reprefill_with_flat_positions_equals_kv_reuse(tiny_qwen2):
+    llm = LLM(tiny_qwen2, cache=CACHE)
+    rng = random.Random(12)
+    prompt, paths, summary = _words(rng, 5), [_words(rng, n) for n in (2, 6, 4)], _words(rng, 5)
+    flat = ParallelParams(flat_positions=True, flat_stride=12)
+    reuse = llm.score(prompt, paths, summary, flat)
+    re = llm.score(prompt, paths, summary, ParallelParams(mode="reprefill", flat_positions=True, flat_stride=12))
+    assert max(abs(a - b) for a, b in zip(reuse.summary_logprobs, re.summary_logprobs)) <= 1e-4
+    assert reuse.packed.positions[-1] == len(prompt) + 3 * 12 + len(summary) + 1

@@ -8,6 +8,7 @@ forced opening, a re-prefill). Positions and segment ids come from the layout mo
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 from collections.abc import Callable
 
 import torch
@@ -192,7 +193,8 @@ class Engine:
         own = self.pool.new_run()
         if req.pp.mode == "reprefill":
             bodies = [s.body for s in req.seqs]
-            packed = pack(req.spec.prompt_ids, bodies, prefix, c, config=req.layout, close_summary=False)
+            layout = replace(req.layout, flat_stride=req.stride)  # flat positions: same slots as KV reuse
+            packed = pack(req.spec.prompt_ids, bodies, prefix, c, config=layout, close_summary=False)
             s = Seq(req, "reprefill", 0, 0, [own], own, 0, banned, frozenset(c.summary_end_ids()), budget)
             s.pending, s.pending_positions, s.pending_segments = packed.input_ids, packed.positions, packed.segment_ids
             s.visibility = packed.visibility()
