@@ -8,8 +8,8 @@ forced opening, a re-prefill). Positions and segment ids come from the layout mo
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
