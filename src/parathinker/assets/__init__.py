@@ -1,8 +1,8 @@
-"""Package data: the bundled models (trained by scripts/train_bundled.sh, see docs/bundled-model.md).
+"""Package data: the bundled model (trained by scripts/train_bundled.sh, see docs/bundled-model.md).
 
 ``default/``: the ParaThinker checkpoint for the pathfind task, loaded by ``LLM(None)`` and
-``parathinker generate`` without ``--model``. ``sequential/``: the sequential baseline trained on
-the same traces with the same compute (for the comparison and its regression test).
+``parathinker generate`` without ``--model``. ``sequential/`` is where the sequential control goes
+once it is trained (``SEQ=1 scripts/train_bundled.sh``); it is not shipped yet.
 """
 
 from __future__ import annotations
