@@ -96,6 +96,17 @@ def test_reprefill_summary_equals_kv_reuse(tiny_qwen2):
     assert reuse.stats["reprefill_tokens"] == 0
 
 
+def _assert_generated_logprobs(o, ref: torch.Tensor) -> None:
+    """Each sampled path/summary token's recorded log-prob equals the brute force over the packed output."""
+    k = len(o.prompt_token_ids)
+    for p in o.paths:
+        for j, t in enumerate(p.token_ids):
+            assert abs(ref[k + j, t].item() - p.logprobs[j]) <= 1e-4
+        k += p.num_tokens + 2
+    for j, t in enumerate(o.summary.token_ids):
+        assert abs(ref[k + j, t].item() - o.summary.logprobs[j]) <= 1e-4
+
+
 def test_generation_logprobs_match_brute_force_for_concurrent_requests(tiny_llama):
     """Several requests decode together; each one's sampled tokens score the same as alone, by brute force."""
     llm = LLM(tiny_llama, cache=CACHE)
@@ -107,14 +118,7 @@ def test_generation_logprobs_match_brute_force_for_concurrent_requests(tiny_llam
         bodies = [p.token_ids for p in o.paths]
         ids, pos, seg, kinds = packed_by_hand(o.prompt_token_ids, bodies, o.summary.token_ids, c.think_open,
                                               c.think_close, c.summary_open, c.summary_close)
-        ref = reference_logprobs(tiny_llama, ids, pos, seg, kinds)
-        k = len(o.prompt_token_ids)
-        for p in o.paths:
-            for j, t in enumerate(p.token_ids):
-                assert abs(ref[k + j, t].item() - p.logprobs[j]) <= 1e-4
-            k += p.num_tokens + 2
-        for j, t in enumerate(o.summary.token_ids):
-            assert abs(ref[k + j, t].item() - o.summary.logprobs[j]) <= 1e-4
+        _assert_generated_logprobs(o, reference_logprobs(tiny_llama, ids, pos, seg, kinds))
 
 
 def test_path_independence(tiny_qwen2):
@@ -147,14 +151,7 @@ def test_flat_positions_generation_matches_brute_force(tiny_qwen2, termination):
     for k, p in enumerate(o.paths):
         pos += [L + k * stride + t for t in range(p.num_tokens + 2)]
     pos += [L + 3 * stride + t for t in range(o.summary.num_tokens + 2)]
-    ref = reference_logprobs(tiny_qwen2, ids, pos, seg, kinds)
-    k = L
-    for p in o.paths:
-        for j, t in enumerate(p.token_ids):
-            assert abs(ref[k + j, t].item() - p.logprobs[j]) <= 1e-4
-        k += p.num_tokens + 2
-    for j, t in enumerate(o.summary.token_ids):
-        assert abs(ref[k + j, t].item() - o.summary.logprobs[j]) <= 1e-4
+    _assert_generated_logprobs(o, reference_logprobs(tiny_qwen2, ids, pos, seg, kinds))
     # the trainer packs the ablation with the same stride when told the inference budget
     from parathinker.layout import LayoutConfig, pack
 
