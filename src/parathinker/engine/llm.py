@@ -150,7 +150,7 @@ class LLM:
             for s in req.seqs
         ]
         for p in paths:
-            p.answer = last_boxed(p.text)
+            p.answer = last_boxed(p.text) or None  # an empty \boxed{} is no answer
         summary, votes = None, {}
         if req.summary is not None:
             s = req.summary
@@ -158,7 +158,7 @@ class LLM:
             text = self._decode(s.body)
             full = f"{prefix} {text}" if prefix and text and not text.startswith(" ") else prefix + text
             summary = SummaryOutput(full, list(s.body), s.finish_reason or "", prefix, list(s.logprobs))
-            answer = last_boxed(summary.text)
+            answer = last_boxed(summary.text) or None
         elif pp.mode == "majority":
             answer, votes = majority_vote(p.answer for p in paths)
         else:
