@@ -23,6 +23,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
+from ...answers import last_boxed
 from ...engine.params import RELEASED_SUMMARY_PREFIX
 from .problem import Problem
 
@@ -89,13 +90,8 @@ def walk(problem: Problem, rng: random.Random, tries: int, commit: float = 0.0) 
 
 def extract_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` in ``text`` (stripped), or None."""
-    i = text.rfind(BOX_OPEN)
-    if i < 0:
-        return None
-    j = text.find(BOX_CLOSE, i + len(BOX_OPEN))
-    if j < 0:
-        return None
-    return " ".join(text[i + len(BOX_OPEN) : j].split())
+    box = last_boxed(text)
+    return " ".join(box.split()) if box is not None else None
 
 
 def path_status(text: str) -> tuple[bool, str | None]:
