@@ -37,7 +37,7 @@ def test_generate_json(tiny_qwen2, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model", "/nonexistent/dir"], "does not exist"),
+        (["--model", "/nonexistent/dir"], "no such model directory"),
         (["--paths", "0"], "num_paths must be >= 1"),
         (["--paths", "9"], "at most 8 paths"),
         (["--max-path-tokens", "-1"], "max_path_tokens must be >= 1"),

@@ -12,6 +12,20 @@ from ..errors import CheckpointError
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 
 
+def read_config_json(model_dir: str | Path) -> dict[str, Any]:
+    """A checkpoint's config.json as a dict; a one-line CheckpointError when it cannot be had."""
+    model_dir = Path(model_dir)
+    cfg_file = model_dir / "config.json"
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: no such model directory (pass --model DIR with a HF checkpoint)")
+    if not cfg_file.is_file():
+        raise CheckpointError(f"{model_dir}: not a Hugging Face checkpoint (no config.json)")
+    try:
+        return json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{cfg_file}: unreadable ({e})") from None
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The decoder's shape. ``hf`` keeps the transformers config (RoPE scaling is computed from it)."""
@@ -80,14 +94,7 @@ class ModelConfig:
 
         path = Path(path)
         cfg_file = path / "config.json"
-        if not path.is_dir():
-            raise CheckpointError(f"model directory {str(path)!r} does not exist (pass --model DIR with a HF checkpoint)")
-        if not cfg_file.is_file():
-            raise CheckpointError(f"{cfg_file} is missing: {str(path)!r} is not a Hugging Face checkpoint directory")
-        try:
-            raw = json.loads(cfg_file.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read {cfg_file}: {e}") from None
+        raw = read_config_json(path)
         if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
             cls.from_hf(type("C", (), {"model_type": raw.get("model_type")})())  # raises the clear error
         try:

@@ -31,7 +31,8 @@ def resolve_dtype(dtype: str | torch.dtype, cfg: ModelConfig, device: torch.devi
     return _DTYPES[dtype]
 
 
-def _weight_files(path: Path) -> list[Path]:
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint (single file, or the shards its index lists)."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -61,7 +62,7 @@ def load_model(
     path = Path(path)
     device = torch.device(device)
     cfg = ModelConfig.from_dir(path)
-    files = _weight_files(path)
+    files = weight_files(path)
     state: dict[str, torch.Tensor] = {}
     for f in files:
         try:

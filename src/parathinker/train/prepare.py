@@ -32,11 +32,12 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..model.config import SUPPORTED_MODEL_TYPES, read_config_json
+from ..model.loader import weight_files
 from ..tokens import control_token_strings
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 SEG_KEY = "model.layers.{}.self_attn.seg_embeddings.weight"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 
@@ -54,31 +55,13 @@ class PrepareResult:
 
 def read_config(model_dir: Path) -> dict:
     """The checkpoint's config.json as a dict, with a one-line CheckpointError when unusable."""
-    cfg_path = model_dir / "config.json"
-    if not model_dir.is_dir():
-        raise CheckpointError(f"{model_dir}: no such model directory")
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{model_dir}: not a Hugging Face checkpoint (no config.json)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{cfg_path}: unreadable ({e})") from None
+    cfg = read_config_json(model_dir)
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(
             f"{model_dir}: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
         )
     return cfg
-
-
-def weight_files(model_dir: Path) -> list[Path]:
-    """The safetensors files of a checkpoint (single file or shards from the index)."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [model_dir / n for n in names]
-    single = model_dir / "model.safetensors"
-    return [single] if single.is_file() else []
 
 
 def read_seg_tables(model_dir: Path, num_layers: int) -> dict[str, torch.Tensor]:
