@@ -75,13 +75,17 @@ class PagePool:
     def can_admit(self, pages: int) -> bool:
         return pages <= self.num_unreserved
 
-    def admit(self, request_id: int, pages: int) -> None:
-        """Reserve ``pages`` for a request; raise if it could never fit, even in an empty pool."""
+    def check_fits(self, pages: int) -> None:
+        """Raise if a request of ``pages`` could never fit, even in an empty pool."""
         if pages > self.usable_pages:
             raise OutOfPagesError(
                 f"a request needs up to {pages} KV pages but the pool has {self.usable_pages}: "
                 "raise the KV memory budget (--kv-cache-memory) or lower the token budgets"
             )
+
+    def admit(self, request_id: int, pages: int) -> None:
+        """Reserve ``pages`` for a request (it must fit now: see ``can_admit``)."""
+        self.check_fits(pages)
         if not self.can_admit(pages):
             raise OutOfPagesError(f"only {self.num_unreserved} unreserved pages left, request needs {pages}")
         self._reserved[request_id] = pages

@@ -86,8 +86,7 @@ class Engine:
                 f"prompt ({L}) + budgets reach position {last}, past the model's context of {ctx}: "
                 "lower --max-path-tokens / --summary-max-tokens"
             )
-        if pages > self.pool.usable_pages:
-            self.pool.admit(-1, pages)  # raises OutOfPagesError with the fix
+        self.pool.check_fits(pages)
         return pages
 
     # ---------------------------------------------------------------- main loop
