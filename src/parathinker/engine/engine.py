@@ -286,13 +286,20 @@ class Engine:
             rows = [Row(todo[k][0].req.spec.sampling, todo[k][0].req.generator, todo[k][0].banned) for k in free]
             for k, tok in zip(free, sample(stacked[free], rows)):
                 tokens[k] = tok
+        done = set()
         for k, (s, _) in enumerate(todo):
             if s.forced is not None:
-                if not s.forced:
-                    s.finish("end")
-                    continue
-                tokens[k] = s.forced.pop(0)
-            self._accept(s, tokens[k], float(logp[k, tokens[k]]))
+                if s.forced:
+                    tokens[k] = s.forced.pop(0)
+                else:
+                    done.add(k)
+        # one gather and one device->host copy for the whole batch (not one sync per row)
+        picked = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()
+        for k, (s, _) in enumerate(todo):
+            if k in done:
+                s.finish("end")
+            else:
+                self._accept(s, tokens[k], picked[k])
 
     def _accept(self, s: Seq, tok: int, logprob: float) -> None:
         if tok in s.end_ids:
