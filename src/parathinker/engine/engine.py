@@ -62,9 +62,7 @@ class Engine:
             ms = self.model.config.max_segments
             if pp.thought_embeddings and ms and pp.num_paths >= ms:
                 raise ConfigError(f"num_paths={pp.num_paths} needs thought embeddings up to {pp.num_paths}; the model has {ms}")
-        budget = pp.max_path_tokens
-        if spec.forced_paths is not None:
-            budget = max(len(p) for p in spec.forced_paths)
+        budget = spec.path_budget
         summary_len = 1 + len(spec.summary_prefix_ids) + pp.summary_max_tokens
         if spec.forced_summary is not None:
             summary_len = 1 + len(spec.forced_summary)
@@ -174,10 +172,8 @@ class Engine:
     def _new_seq(self, req: Request, kind, index: int, order: int, banned, end_ids) -> Seq:  # noqa: ANN001
         assert req.prompt_run is not None
         own = self.pool.new_run()
-        budget = req.pp.max_path_tokens
-        if req.spec.forced_paths is not None:
-            budget = max(len(p) for p in req.spec.forced_paths)
-        return Seq(req, kind, index, order, [self.pool.share(req.prompt_run), own], own, 0, banned, end_ids, budget)
+        reads = [self.pool.share(req.prompt_run), own]
+        return Seq(req, kind, index, order, reads, own, 0, banned, end_ids, req.spec.path_budget)
 
     def _start_summary(self, req: Request) -> None:
         c = self.control

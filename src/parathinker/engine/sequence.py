@@ -26,6 +26,13 @@ class RequestSpec:
     forced_paths: list[list[int]] | None = None  # bodies + own close token, per path
     forced_summary: list[int] | None = None  # summary body + </summary>
 
+    @property
+    def path_budget(self) -> int:
+        """Most body tokens a path may have: the budget, or the longest forced body when scoring."""
+        if self.forced_paths is not None:
+            return max(len(p) for p in self.forced_paths) - 1  # each forced list ends with its close token
+        return self.parallel.max_path_tokens
+
 
 @dataclass(eq=False)
 class Seq:
@@ -96,11 +103,7 @@ class Request:
     @property
     def stride(self) -> int:
         """Flat-position stride at inference: the longest a path can be (budget + both control tokens)."""
-        if self.layout.flat_stride:
-            return self.layout.flat_stride
-        if self.spec.forced_paths is not None:
-            return max(len(p) for p in self.spec.forced_paths) + 1
-        return self.pp.max_path_tokens + 2
+        return self.layout.flat_stride or self.spec.path_budget + 2
 
     def mark(self, name: str) -> None:
         self.marks[name] = time.perf_counter()
