@@ -23,12 +23,7 @@ class Chunk:
     new_slots: list[int]
     reads: list[Run]  # the runs it reads, in order; its own run (holding the new tokens) last
     visibility: torch.Tensor | None = None  # (n, n) bool among the new tokens; None = causal
-    all_logits: bool = False  # logits for every new token (scoring) instead of the last one only
     shared_prefix: bool = False  # reads[0] is a prompt run its sibling sequences read too
-
-    @property
-    def read_slots(self) -> list[int]:
-        return [slot for r in self.reads for slot in r.slot_list]
 
 
 class ModelRunner:
@@ -41,7 +36,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, chunks: list[Chunk]) -> list[torch.Tensor]:
-        """One batched forward; per chunk: logits (V,) of its last token, or (n, V) if ``all_logits``."""
+        """One batched forward; the logits (V,) of each chunk's last token."""
         B, T = len(chunks), max(len(c.tokens) for c in chunks)
         ids = torch.zeros(B, T, dtype=torch.long)
         pos = torch.zeros(B, T, dtype=torch.long)
@@ -65,17 +60,9 @@ class ModelRunner:
             attn = PagedReference(self.kv.data, meta)
         hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
         self.num_forwards += 1
-        want_all = [c.all_logits for c in chunks]
         lengths = torch.tensor([len(c.tokens) for c in chunks], device=dev)
-        if not any(want_all):
-            last = hidden[torch.arange(B, device=dev), lengths - 1]  # (B, D)
-            return list(self.model.logits(last).unbind(0))
-        out = []
-        for b, c in enumerate(chunks):
-            h = hidden[b, : len(c.tokens)] if c.all_logits else hidden[b, len(c.tokens) - 1 : len(c.tokens)]
-            lg = self.model.logits(h)
-            out.append(lg if c.all_logits else lg[0])
-        return out
+        last = hidden[torch.arange(B, device=dev), lengths - 1]  # (B, D)
+        return list(self.model.logits(last).unbind(0))
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
