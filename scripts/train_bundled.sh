@@ -1,56 +1,75 @@
 #!/usr/bin/env bash
-# Re-train the bundled ParaThinker model from scratch, on CPU, exactly as it was trained
-# (docs/bundled-model.md), and copy it into src/parathinker/assets/default/.
+# Re-train the bundled ParaThinker model and its sequential control from scratch
+# (docs/bundled-model.md), then copy them into src/parathinker/assets/{default,sequential}/.
 #
 #   scripts/train_bundled.sh [WORK]          (default WORK=runs/bundled_work; resumable)
-#   env: STAGE4_STEPS (steps of the last, constant-lr stage; default: the shipped checkpoint's)
 #
-# 1. data: 30000 multi-path training problems + 1000 held-out (make-data, seed 0)
-# 2. a tiny random-init Llama (hidden 128, 4 layers, 4 heads / 2 KV heads, ~1.0M parameters) with
-#    the task tokenizer, then `parathinker prepare` (thought-embedding tables, zeros)
-# 3. ParaThinker SFT in four stages (each restarts the schedule from the previous stage's model,
-#    with another data order): the stages are what was run on a shared 2-core CPU while watching
-#    the loss; stage 4 uses a constant lr, so its result does not depend on when it is stopped
-#    other than through STAGE4_STEPS.
-# 4. copy the model into src/parathinker/assets/default/
-# Optional: SEQ=1 also trains the sequential control (--sequential) with the same number of
-# training tokens (its examples hold one path: 139.93 vs 225.97 tokens, x1.61 steps per stage).
+# 1. data: TRAIN_N multi-path training problems + 1000 held-out (make-data, seed 0; the held-out
+#    set depends only on the seed and its size, not on TRAIN_N)
+# 2. a random-init Llama with the task tokenizer (make_base.py), then `parathinker prepare`
+# 3. `parathinker train`, one cosine schedule: the ParaThinker model (all paths of an example,
+#    thought embeddings) and, with the same data, hyper-parameters and number of training tokens,
+#    the sequential control (`--sequential`: prompt + one drawn path + summary; its examples are
+#    shorter, so it gets SEQ_FACTOR x the steps). Both run at once when PARALLEL=1 (one GPU
+#    serves both: the models are tiny and each run is bound by its own Python).
+# 4. copy both into the package (COPY=0 to skip)
+#
+# env (defaults = the shipped models): HIDDEN LAYERS HEADS KV_HEADS MLP, STEPS, SEQ_FACTOR, LR,
+# BATCH, TRAIN_N, SEEDS, PARALLEL, MODELS ("pt seq"), TIMEOUT (seconds per run; 0 = none: a run
+# stopped by it keeps its last checkpoint, and rerunning resumes it), EXTRA (more train flags).
 set -euo pipefail
 WORK=${1:-runs/bundled_work}
-STAGE4_STEPS=${STAGE4_STEPS:-500}
-ASSET=src/parathinker/assets/default
+HIDDEN=${HIDDEN:-256}; LAYERS=${LAYERS:-4}; HEADS=${HEADS:-8}; KV_HEADS=${KV_HEADS:-2}; MLP=${MLP:-768}
+STEPS=${STEPS:-5000}; SEQ_FACTOR=${SEQ_FACTOR:-1.61}; LR=${LR:-1e-3}; BATCH=${BATCH:-64}
+TRAIN_N=${TRAIN_N:-100000}; SEED=${SEED:-1}; PARALLEL=${PARALLEL:-1}; MODELS=${MODELS:-pt seq}
+TIMEOUT=${TIMEOUT:-0}; COPY=${COPY:-1}; EXTRA=${EXTRA:-}
+PY=${PYTHON:-python}
 mkdir -p "$WORK"
 
-[ -f "$WORK/data/test.jsonl" ] || python -m parathinker.tasks.pathfind make-data --out "$WORK/data" \
-    --train 30000 --test 1000 --seed 0
-[ -f "$WORK/base/config.json" ] || python scripts/make_base.py --tokenizer "$WORK/data/tokenizer" --out "$WORK/base" \
-    --hidden 128 --layers 4 --heads 4 --kv-heads 2 --seed 0
-[ -f "$WORK/init/config.json" ] || parathinker prepare --model "$WORK/base" --output "$WORK/init"
+[ -f "$WORK/data/test.jsonl" ] || $PY -m parathinker.tasks.pathfind make-data --out "$WORK/data" \
+    --train "$TRAIN_N" --test 1000 --seed 0
+[ -f "$WORK/base/config.json" ] || $PY scripts/make_base.py --tokenizer "$WORK/data/tokenizer" --out "$WORK/base" \
+    --hidden "$HIDDEN" --layers "$LAYERS" --heads "$HEADS" --kv-heads "$KV_HEADS" --intermediate "$MLP" --seed 0
+[ -f "$WORK/init/config.json" ] || $PY -m parathinker prepare --model "$WORK/base" --output "$WORK/init"
 
-TRAIN=(--grad-clip 1.0 --global-batch-size 32 --per-device-batch-size 32 --no-gradient-checkpointing
-       --max-length 1024 --save-steps 50 --save-total-limit 2 --logging-steps 5)
-train() {  # FROM OUT STEPS [flags]: skips a finished stage, resumes an interrupted one
-    local from=$1 out=$2 steps=$3; shift 3
+# shellcheck disable=SC2206
+TRAIN=(--lr "$LR" --lr-scheduler cosine --warmup-ratio 0.03 --grad-clip 1.0 --weight-decay 0.05
+       --global-batch-size "$BATCH" --per-device-batch-size "$BATCH" --no-gradient-checkpointing
+       --attn-impl dense --max-length 1024 --save-steps 500 --save-total-limit 1 --logging-steps 25
+       --seed "$SEED" $EXTRA)
+train() {  # NAME STEPS [flags]: skips a finished run, resumes an interrupted one
+    local name=$1 steps=$2; shift 2
+    local out="$WORK/$name"
     [ -f "$out/model.safetensors" ] && return 0
     local resume=(); if ls -d "$out"/checkpoint-* >/dev/null 2>&1; then resume=(--resume); fi
-    /usr/bin/time -f "$out: %e s" parathinker train --model "$from" --data "$WORK/data/train.jsonl" \
-        --output "$out" --max-steps "$steps" "${TRAIN[@]}" "${resume[@]}" "$@"
+    local t=(); if [ "$TIMEOUT" != 0 ]; then t=(timeout "$TIMEOUT"); fi
+    local start=$SECONDS
+    "${t[@]}" $PY -m parathinker train --model "$WORK/init" --data "$WORK/data/train.jsonl" --output "$out" \
+        --max-steps "$steps" "${TRAIN[@]}" "${resume[@]}" "$@" > "$WORK/$name.log" 2>&1 || echo "$name: exit $?"
+    echo "$name: $steps steps, $((SECONDS - start)) s" | tee -a "$WORK/times.txt"
 }
-stages() {  # PREFIX STEP_FACTOR [flags]
-    local p=$1 f=$2; shift 2
-    steps() { python -c "print(round($1 * $f))"; }
-    train "$WORK/init"  "$WORK/${p}1" "$(steps 360)" --lr 3e-3 --lr-scheduler cosine --warmup-ratio 0.05 --seed 1 "$@"
-    train "$WORK/${p}1" "$WORK/${p}2" "$(steps 200)" --lr 2e-3 --lr-scheduler cosine --warmup-ratio 0.05 --seed 2 "$@"
-    train "$WORK/${p}2" "$WORK/${p}3" "$(steps 500)" --lr 3e-3 --lr-scheduler cosine --warmup-ratio 0.02 --seed 3 "$@"
-    train "$WORK/${p}3" "$WORK/${p}4" "$(steps "$STAGE4_STEPS")" --lr 2e-3 --lr-scheduler constant --warmup-ratio 0 --seed 4 "$@"
-}
-stages pt 1
-if [ "${SEQ:-0}" = 1 ]; then stages seq 1.61 --sequential; fi
-
-rm -rf "$ASSET"; mkdir -p "$ASSET"
-for f in config.json model.safetensors tokenizer.json tokenizer_config.json chat_template.jinja \
-         special_tokens_map.json parathinker.json; do
-    if [ -f "$WORK/pt4/$f" ]; then cp "$WORK/pt4/$f" "$ASSET/$f"; fi
+SEQ_STEPS=$($PY -c "print(round($STEPS * $SEQ_FACTOR))")
+for m in $MODELS; do
+    case $m in
+        pt) job=(train pt "$STEPS") ;;
+        seq) job=(train seq "$SEQ_STEPS" --sequential) ;;
+        *) echo "unknown model $m (pt, seq)"; exit 2 ;;
+    esac
+    if [ "$PARALLEL" = 1 ]; then "${job[@]}" & else "${job[@]}"; fi
 done
-cp "$WORK/data/meta.json" "$ASSET/data_meta.json"
-du -sh "$ASSET"
+wait
+
+[ "$COPY" = 1 ] || exit 0
+copy() {  # RUN ASSET
+    local src="$WORK/$1" dst=$2
+    [ -f "$src/model.safetensors" ] || { echo "$src has no final model: not copied"; return 0; }
+    rm -rf "$dst"; mkdir -p "$dst"
+    for f in config.json model.safetensors tokenizer.json tokenizer_config.json chat_template.jinja \
+             special_tokens_map.json parathinker.json; do
+        if [ -f "$src/$f" ]; then cp "$src/$f" "$dst/$f"; fi
+    done
+    cp "$WORK/data/meta.json" "$dst/data_meta.json"
+    du -sh "$dst"
+}
+copy pt src/parathinker/assets/default
+copy seq src/parathinker/assets/sequential

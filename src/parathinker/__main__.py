@@ -1,0 +1,6 @@
+"""``python -m parathinker ...`` is the ``parathinker`` command (useful where the package is on PYTHONPATH but not installed)."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main()
