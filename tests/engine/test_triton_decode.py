@@ -11,7 +11,8 @@ import torch
 os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU: interpret the kernel; on CUDA this is unset by the user
 triton = pytest.importorskip("triton")
 
-from parathinker.engine.triton_decode import DecodeLists, decode_attention  # noqa: E402
+from parathinker.engine.block_manager import PagePool  # noqa: E402
+from parathinker.engine.triton_decode import build_lists, decode_attention, row_entry_table  # noqa: E402
 
 
 def _reference(q, k_cache, v_cache, reads):
@@ -19,6 +20,8 @@ def _reference(q, k_cache, v_cache, reads):
     G = H // k_cache.shape[1]
     out = torch.zeros(R, H, D)
     for r, slots in enumerate(reads):
+        if not slots:
+            continue  # a row that reads nothing (padding): zeros
         idx = torch.tensor(slots)
         k = k_cache[idx].repeat_interleave(G, 1)  # (S, H, D)
         v = v_cache[idx].repeat_interleave(G, 1)
@@ -27,31 +30,47 @@ def _reference(q, k_cache, v_cache, reads):
     return out
 
 
-@pytest.mark.parametrize(("kv_heads", "heads", "split"), [(2, 4, 512), (1, 3, 32), (2, 2, 64)])
-def test_cascade_lists_equal_plain_attention(kv_heads, heads, split):
+def _runs(pool, lengths, rng):
+    """Runs of the given lengths, filled in an interleaved order so their pages are scattered."""
+    runs = [pool.new_run() for _ in lengths]
+    left = list(lengths)
+    while any(left):
+        i = rng.choice([k for k, n in enumerate(left) if n])
+        n = min(left[i], rng.randrange(1, 6))
+        pool.extend(runs[i], n, 0)
+        left[i] -= n
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("kv_heads", "heads", "page_size", "splits"), [(2, 4, 4, 8), (1, 3, 1, 2), (2, 2, 16, 1), (2, 6, 3, 64)]
+)
+def test_cascade_page_lists_equal_plain_attention(kv_heads, heads, page_size, splits):
     if torch.cuda.is_available():
         pytest.skip("interpreter test; the GPU test runs the compiled kernel")
-    rng = random.Random(kv_heads * 10 + heads)
+    rng = random.Random(kv_heads * 10 + heads + page_size)
     torch.manual_seed(0)
-    D, slots = 16, 600
+    D = 16
+    pool = PagePool(400 // page_size + 8, page_size)
+    pool.admit(0, pool.usable_pages)
+    # request A: prompt of 70 tokens shared by 3 paths (last page partly filled unless page_size divides);
+    # request B: prompt 5 read by its one path (a private list); a summary row reading A's prompt and paths;
+    # row 6 is padding: it reads nothing
+    prompt_a, own0, own1, own2, prompt_b, own3, own4, own5 = _runs(pool, [70, 9, 1, 40, 5, 3, 4, 2], rng)
+    slots = pool.num_pages * page_size
     k_cache, v_cache = torch.randn(slots, kv_heads, D), torch.randn(slots, kv_heads, D)
-    perm = list(range(1, slots))
-    rng.shuffle(perm)  # scattered slots, like pages of a pool
-    take = iter(perm)
-    # request A: prompt of 70 tokens shared by 3 paths; request B: 1 path, prompt 5 (no sharing);
-    # a summary row reading everything of A; a path with an empty private part
-    prompt_a = [next(take) for _ in range(70)]
-    private = [[next(take) for _ in range(n)] for n in (9, 1, 40)]
-    prompt_b = [next(take) for _ in range(5)]
-    private.append(prompt_b + [next(take) for _ in range(3)])
-    private.append(prompt_a + private[0] + private[1] + private[2] + [next(take) for _ in range(4)])
-    private.append([])
-    shared = [(prompt_a, [0, 1, 2, 5])]
-    reads = [prompt_a + private[0], prompt_a + private[1], prompt_a + private[2], private[3], private[4],
-             prompt_a]
-    q = torch.randn(len(private), heads, D)
-    lists = DecodeLists.build(private, shared, "cpu")
-    out = decode_attention(q, k_cache, v_cache, lists, split=split)
+    shared = [(prompt_a.pages, prompt_a.length, [0, 1, 2, 5])]
+    single = [(r.pages, r.length, [row]) for r, row in
+              [(own0, 0), (own1, 1), (own2, 2), (prompt_b, 3), (own3, 3), (prompt_a, 4), (own0, 4), (own1, 4),
+               (own2, 4), (own4, 4), (own5, 5)]]
+    single.append(([], 0, []))  # an unused list slot (capacity): no work, no rows
+    reads = [prompt_a.slot_list + own0.slot_list, prompt_a.slot_list + own1.slot_list,
+             prompt_a.slot_list + own2.slot_list, prompt_b.slot_list + own3.slot_list,
+             prompt_a.slot_list + own0.slot_list + own1.slot_list + own2.slot_list + own4.slot_list,
+             prompt_a.slot_list + own5.slot_list, []]
+    q = torch.randn(len(reads), heads, D)
+    classes = [build_lists(shared, "cpu", splits), build_lists(single, "cpu", max(1, splits // 2))]
+    out = decode_attention(q, k_cache, v_cache, classes, row_entry_table(classes, len(reads), "cpu"), page_size)
     ref = _reference(q, k_cache, v_cache, reads)
     assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
 

@@ -92,31 +92,19 @@ def triton_available() -> bool:
 
 
 class TritonDecode:
-    """Decode steps (one new token per row) through the Triton kernel, prompts shared per request."""
+    """Decode steps (one new token per row) through the Triton kernel over page-table work lists.
 
-    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, lists):  # noqa: ANN001
+    Built from device tensors only (the static buffers of ``graph_runner.DecodeState``), so a
+    forward through it can be captured in a CUDA graph.
+    """
+
+    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, classes: list, row_entries: torch.Tensor,
+                 page_size: int):
         self.cache = cache
-        self.slot_mapping = slot_mapping  # (B,)
-        self.lists = lists
-
-    @classmethod
-    def for_chunks(cls, cache: torch.Tensor, chunks, device: torch.device) -> TritonDecode:  # noqa: ANN001
-        from .triton_decode import DecodeLists
-
-        groups: dict[int, list[int]] = {}
-        for b, c in enumerate(chunks):
-            if c.shared_prefix:
-                groups.setdefault(id(c.reads[0]), []).append(b)
-        private, shared = [], []
-        for c in chunks:
-            share = c.shared_prefix and len(groups[id(c.reads[0])]) > 1
-            runs = c.reads[1:] if share else c.reads
-            private.append([slot for r in runs for slot in r.slot_list])
-        for rows in groups.values():
-            if len(rows) > 1:
-                shared.append((chunks[rows[0]].reads[0].slot_list, rows))
-        slot_mapping = torch.tensor([c.new_slots[0] for c in chunks], dtype=torch.long, device=device)
-        return cls(cache, slot_mapping, DecodeLists.build(private, shared, device))
+        self.slot_mapping = slot_mapping.reshape(-1).long()  # (B,): padded rows -> slot 0
+        self.classes = classes  # list[triton_decode.DecodeLists]
+        self.row_entries = row_entries
+        self.page_size = page_size
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         from .triton_decode import decode_attention
@@ -124,4 +112,5 @@ class TritonDecode:
         kv = self.cache[layer]  # (2, slots, KVH, hd)
         kv[0].index_copy_(0, self.slot_mapping, k[:, 0].to(kv.dtype))
         kv[1].index_copy_(0, self.slot_mapping, v[:, 0].to(kv.dtype))
-        return decode_attention(q[:, 0], kv[0], kv[1], self.lists)[:, None]  # (B, 1, H, hd)
+        out = decode_attention(q[:, 0], kv[0], kv[1], self.classes, self.row_entries, self.page_size)
+        return out[:, None]  # (B, 1, H, hd)

@@ -20,7 +20,7 @@ from ..tokens import ControlTokens
 from .block_manager import PagePool
 from .kv_cache import CacheConfig
 from .runner import Chunk, ModelRunner
-from .sampler import Row, sample
+from .sampler import Row, sample_tensor
 from .sequence import Request, RequestSpec, Seq
 
 
@@ -101,7 +101,7 @@ class Engine:
         needs = [self.check(s) for s in specs]
         reqs = []
         for spec in specs:
-            g = torch.Generator(device="cpu")
+            g = torch.Generator(device=self.runner.device)  # draws happen where the logits are
             g.manual_seed(spec.sampling.seed if spec.sampling.seed is not None else torch.seed())
             reqs.append(Request(self._next_id, spec, g))
             self._next_id += 1
@@ -147,7 +147,7 @@ class Engine:
         req.prompt_run = self.pool.new_run()
         slots = self.pool.extend(req.prompt_run, L, req.id)
         chunk = Chunk(req.spec.prompt_ids, list(range(L)), [0] * L, slots, [req.prompt_run])
-        (logits,) = self.runner.forward([chunk])
+        logits = self.runner.forward([chunk])  # (1, V)
         req.stats["prefill_tokens"] += L
         req.mark("prefill")
         req.phase = "paths"
@@ -156,7 +156,7 @@ class Engine:
             ends = frozenset() if req.spec.sampling.ignore_eos else frozenset(self.eos_ids)
             for k in range(pp.paths_per_request):
                 req.seqs.append(self._new_seq(req, "sample", k + 1, k, self._banned_plain, ends))
-            self._consume(req.seqs, [logits] * len(req.seqs))
+            self._consume(req.seqs, logits.expand(len(req.seqs), -1))
             return
         c = self.control
         assert c is not None
@@ -269,33 +269,47 @@ class Engine:
             return s.next_position + t - s.t0
         return L + t  # plain sample
 
-    def _consume(self, seqs: list[Seq], logits: list[torch.Tensor]) -> None:
-        """Pick the next token of each sequence that still decodes (sampled, or forced when scoring)."""
-        todo = [(s, lg) for s, lg in zip(seqs, logits) if not s.finished]
-        if not todo:
+    def _consume(self, seqs: list[Seq], logits: torch.Tensor) -> None:
+        """Pick the next token of each sequence that still decodes (sampled, or forced when scoring).
+
+        ``logits`` (len(seqs), V) stay on the device: sampling and the log-probs happen there, and
+        only the chosen ids and their log-probs cross to the host, in one copy per call.
+        """
+        keep = [k for k, s in enumerate(seqs) if not s.finished]
+        if not keep:
             return
-        stacked = torch.stack([lg for _, lg in todo])  # (N, V)
-        logp = torch.log_softmax(stacked.float(), dim=-1)
-        free = [k for k, (s, _) in enumerate(todo) if s.forced is None]
-        tokens: list[int] = [0] * len(todo)
-        if free:
-            rows = [Row(todo[k][0].req.spec.sampling, todo[k][0].req.generator, todo[k][0].banned) for k in free]
-            for k, tok in zip(free, sample(stacked[free], rows)):
-                tokens[k] = tok
+        todo = [seqs[k] for k in keep]
+        stacked = logits if len(keep) == len(seqs) else logits[torch.tensor(keep, device=logits.device)]
+        dev = stacked.device
+        free = [k for k, s in enumerate(todo) if s.forced is None]
         done = set()
-        for k, (s, _) in enumerate(todo):
+        forced: dict[int, int] = {}
+        for k, s in enumerate(todo):
             if s.forced is not None:
                 if s.forced:
-                    tokens[k] = s.forced.pop(0)
+                    forced[k] = s.forced.pop(0)
                 else:
                     done.add(k)
-        # one gather and one device->host copy for the whole batch (not one sync per row)
-        picked = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()
-        for k, (s, _) in enumerate(todo):
+        rows = [Row(todo[k].req.spec.sampling, todo[k].req.generator, todo[k].banned) for k in free]
+        if len(free) == len(todo):
+            tokens = sample_tensor(stacked, rows)
+        else:
+            host = torch.zeros(len(todo), dtype=torch.long)
+            for k, tok in forced.items():
+                host[k] = tok
+            tokens = host.to(dev)
+            if free:
+                at = torch.tensor(free, device=dev)
+                tokens.index_copy_(0, at, sample_tensor(stacked.index_select(0, at), rows))
+        lg = stacked.float()
+        picked = lg.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(lg, dim=-1)
+        # one device->host copy for the whole batch: ids (exact in float64) and their log-probs
+        ids, lps = torch.stack([tokens.double(), picked.double()]).tolist()
+        for k, s in enumerate(todo):
             if k in done:
                 s.finish("end")
             else:
-                self._accept(s, tokens[k], picked[k])
+                self._accept(s, int(ids[k]), lps[k])
 
     def _accept(self, s: Seq, tok: int, logprob: float) -> None:
         if tok in s.end_ids:

@@ -24,6 +24,13 @@ class CacheConfig:
         default="auto",
         metadata={"help": "decode attention: auto (triton on CUDA), reference (explicit mask), triton"},
     )
+    cuda_graphs: bool = field(
+        default=True,
+        metadata={"help": "capture decode steps in CUDA graphs, one per batch bucket (CUDA + triton attention only)"},
+    )
+    max_graph_batch: int = field(
+        default=256, metadata={"help": "largest decode batch run through a CUDA graph (larger ones run eagerly)"}
+    )
 
     def __post_init__(self) -> None:
         if self.page_size < 1:
@@ -34,6 +41,8 @@ class CacheConfig:
             raise ConfigError(f"num_pages must be >= 2, got {self.num_pages}")
         if self.attention not in ("auto", "reference", "triton"):
             raise ConfigError(f"attention must be auto, reference or triton, got {self.attention!r}")
+        if self.max_graph_batch < 1:
+            raise ConfigError(f"max_graph_batch must be >= 1, got {self.max_graph_batch}")
 
 
 class KVCache:

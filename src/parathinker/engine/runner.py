@@ -8,7 +8,7 @@ from itertools import chain
 import torch
 
 from ..model import ParaThinkerForCausalLM
-from .attention import PagedReference, TritonDecode, build_metadata, triton_available
+from .attention import PagedReference, build_metadata, triton_available
 from .block_manager import Run
 from .kv_cache import CacheConfig, KVCache
 
@@ -33,11 +33,20 @@ class ModelRunner:
         self.kv = KVCache(model.config, cache_config, model.dtype, self.device)
         self.num_forwards = 0
         self.decode_backend = resolve_backend(cache_config.attention, self.device)
+        self.decoder = None  # decode steps through static per-bucket buffers (CUDA graphs on CUDA)
+        if self.decode_backend == "triton":
+            from .graph_runner import DecodeGraphs
+
+            self.decoder = DecodeGraphs(model, self.kv.data, cache_config.page_size, self.kv.num_pages,
+                                        cache_config.cuda_graphs, cache_config.max_graph_batch)
 
     @torch.inference_mode()
-    def forward(self, chunks: list[Chunk]) -> list[torch.Tensor]:
-        """One batched forward; the logits (V,) of each chunk's last token."""
+    def forward(self, chunks: list[Chunk]) -> torch.Tensor:
+        """One batched forward; the logits (B, V) of each chunk's last token (valid until the next forward)."""
         B, T = len(chunks), max(len(c.tokens) for c in chunks)
+        if self.decoder is not None and T == 1 and all(c.visibility is None for c in chunks):
+            self.num_forwards += 1
+            return self.decoder.run(chunks)
         ids = torch.zeros(B, T, dtype=torch.long)
         pos = torch.zeros(B, T, dtype=torch.long)
         seg = torch.zeros(B, T, dtype=torch.long)
@@ -47,22 +56,19 @@ class ModelRunner:
             pos[b, :n] = torch.tensor(c.positions)
             seg[b, :n] = torch.tensor(c.segments)
         dev = self.device
-        if self.decode_backend == "triton" and T == 1 and all(c.visibility is None for c in chunks):
-            attn = TritonDecode.for_chunks(self.kv.data, chunks, dev)
-        else:
-            meta = build_metadata(
-                [c.new_slots for c in chunks],
-                [chain.from_iterable(r.slot_list for r in c.reads) for c in chunks],
-                [c.visibility for c in chunks],
-                dev,
-                read_lens=[sum(r.length for r in c.reads) for c in chunks],
-            )
-            attn = PagedReference(self.kv.data, meta)
+        meta = build_metadata(
+            [c.new_slots for c in chunks],
+            [chain.from_iterable(r.slot_list for r in c.reads) for c in chunks],
+            [c.visibility for c in chunks],
+            dev,
+            read_lens=[sum(r.length for r in c.reads) for c in chunks],
+        )
+        attn = PagedReference(self.kv.data, meta)
         hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
         self.num_forwards += 1
         lengths = torch.tensor([len(c.tokens) for c in chunks], device=dev)
         last = hidden[torch.arange(B, device=dev), lengths - 1]  # (B, D)
-        return list(self.model.logits(last).unbind(0))
+        return self.model.logits(last)
 
 
 def resolve_backend(name: str, device: torch.device) -> str:

@@ -1,0 +1,291 @@
+"""Decode steps with static shapes: persistent metadata buffers per batch bucket, one CUDA graph each.
+
+A decode step (one new token per row) of B rows runs in the smallest bucket >= B (1, 2, 4, 8, 16,
+24, 32, 48, 64, 96, ...). Each bucket owns ONE flat int32 buffer on the host (pinned on CUDA) and
+its twin on the device, viewed as the step's inputs:
+
+    ids, positions, segments, slot mapping          (bucket,)        rows >= B: token 0 at the null slot 0
+    shared lists: page tables, lengths, rows        (Ls, Ps) (Ls,) (Ls, Qs)   a prompt read by sibling rows
+    single lists: page tables, lengths, rows        (L1, P1) (L1,) (L1, 1)    every other run a row reads
+    row entries                                     (bucket, K)      which partials each row merges
+
+A step fills the host buffer from the block manager's runs (page ids, never per-slot lists), copies
+it to the device in ONE transfer, then runs ``model.hidden`` + ``model.logits`` over the whole
+bucket. Padded rows write their K/V to slot 0 (page 0 is the pool's padding sink), appear in no
+list and merge nothing. On CUDA (triton attention, ``CacheConfig.cuda_graphs``) that forward is
+captured once per bucket on first use, after two warm-up runs, in one shared graph memory pool,
+and replayed afterwards: a step costs one copy and one graph launch instead of ~20 kernel launches
+per layer. The same code runs eagerly (no capture) elsewhere, which is how the CPU tests check the
+padded static path against the reference backend.
+
+Capacities (lists, rows per shared list, pages per list, entries per row) start at what the first
+step needs, rounded up (pages: at least ``MIN_TOKENS`` worth); a step that needs more grows them
+(doubling) and the bucket is re-captured on its next use. Batches above ``max_graph_batch`` run the
+same static path without capture.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from itertools import chain
+
+import numpy as np
+import torch
+
+from .attention import TritonDecode
+from .block_manager import Run
+from .triton_decode import DecodeLists
+
+log = logging.getLogger(__name__)
+
+BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+MIN_TOKENS = 2048  # page tables start this long, so short contexts never re-capture
+MAX_QG = 128  # (query rows x heads per kv head) of a shared list: the kernel's register tile
+
+
+def bucket_for(n: int) -> int:
+    for b in BUCKETS:
+        if b >= n:
+            return b
+    return -(-n // 64) * 64
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Capacities of one bucket's buffers (see the module docstring)."""
+
+    ls: int  # shared lists (0: none)
+    qs: int  # rows per shared list
+    ps: int  # pages per shared list
+    l1: int  # single lists
+    p1: int  # pages per single list
+    k: int  # entries per row
+
+    def covers(self, other: Caps) -> bool:
+        return all(getattr(self, f.name) >= getattr(other, f.name) for f in fields(self))
+
+    def grown(self, need: Caps, min_pages: int, max_pages: int, max_q: int) -> Caps:
+        """Every field at least what ``need`` asks, rounded up to a power of two (pages: a floor)."""
+
+        def up(old: int, n: int, floor: int = 0) -> int:
+            return old if n <= old else max(_pow2(n), floor, 2 * old)
+
+        return Caps(
+            ls=up(self.ls, need.ls), qs=min(max_q, up(self.qs, need.qs)),
+            ps=min(max_pages, up(self.ps, need.ps, min_pages)), l1=up(self.l1, need.l1),
+            p1=min(max_pages, up(self.p1, need.p1, min_pages)), k=up(self.k, need.k),
+        )
+
+
+@dataclass
+class Plan:
+    """One decode step in run terms: what each row writes and which lists it reads."""
+
+    ids: list[int]
+    positions: list[int]
+    segments: list[int]
+    slots: list[int]
+    shared: list[tuple[Run, list[int]]]  # (run, rows) read by several rows
+    single: list[tuple[Run, int]]  # (run, row)
+
+    @classmethod
+    def from_chunks(cls, chunks, max_rows: int) -> Plan:  # noqa: ANN001 - runner.Chunk (import cycle)
+        """Rows whose first run is a prompt their siblings read too share one list (up to ``max_rows`` rows)."""
+        groups: dict[int, list[int]] = {}
+        for b, c in enumerate(chunks):
+            if c.shared_prefix:
+                groups.setdefault(id(c.reads[0]), []).append(b)
+        shared: list[tuple[Run, list[int]]] = []
+        in_shared = set()
+        for rows in groups.values():
+            if len(rows) > 1:
+                run = chunks[rows[0]].reads[0]
+                shared.extend((run, rows[i : i + max_rows]) for i in range(0, len(rows), max_rows))
+                in_shared.update(rows)
+        single = [(r, b) for b, c in enumerate(chunks) for r in (c.reads[1:] if b in in_shared else c.reads) if r.length]
+        return cls([c.tokens[0] for c in chunks], [c.positions[0] for c in chunks], [c.segments[0] for c in chunks],
+                   [c.new_slots[0] for c in chunks], shared, single)
+
+    def need(self) -> Caps:
+        per_row = [0] * len(self.ids)
+        for _, rows in self.shared:
+            for r in rows:
+                per_row[r] += 1
+        for _, r in self.single:
+            per_row[r] += 1
+        return Caps(
+            ls=len(self.shared), qs=max((len(r) for _, r in self.shared), default=0),
+            ps=max((len(run.pages) for run, _ in self.shared), default=0), l1=len(self.single),
+            p1=max((len(run.pages) for run, _ in self.single), default=0), k=max(per_row, default=0),
+        )
+
+
+class DecodeState:
+    """One bucket's buffers (host + device), its attention backend, and its graph once captured."""
+
+    def __init__(self, rows: int, caps: Caps, kv_heads: int, device: torch.device):
+        self.rows, self.caps, self.device = rows, caps, device
+        B, c = rows, caps
+        shapes = dict(ids=(B, 1), pos=(B, 1), seg=(B, 1), slot=(B,), s_pages=(c.ls, c.ps), s_lens=(c.ls,),
+                      s_rows=(c.ls, c.qs), p_pages=(c.l1, c.p1), p_lens=(c.l1,), p_rows=(c.l1, 1), entries=(B, c.k))
+        offsets, n = {}, 0
+        for name, shape in shapes.items():
+            offsets[name] = n
+            n += -(-int(np.prod(shape)) // 16) * 16  # 64-byte aligned fields
+        pin = device.type == "cuda"
+        self.host = torch.zeros(n, dtype=torch.int32, pin_memory=pin)
+        self.dev = torch.zeros(n, dtype=torch.int32, device=device)
+        self._np = self.host.numpy()
+        self.h = {k: self._np[o : o + int(np.prod(shapes[k]))].reshape(shapes[k]) for k, o in offsets.items()}
+        self.d = {k: self.dev[o : o + int(np.prod(shapes[k]))].view(shapes[k]) for k, o in offsets.items()}
+        self.classes = []
+        if c.ls:
+            self.classes.append(DecodeLists(self.d["s_pages"], self.d["s_lens"], self.d["s_rows"],
+                                            _splits(c.ls * kv_heads, 512, 32)))
+        self.classes.append(DecodeLists(self.d["p_pages"], self.d["p_lens"], self.d["p_rows"],
+                                        _splits(c.l1 * kv_heads, 512, 64)))
+        self.sentinel = c.ls * c.qs + c.l1
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: torch.Tensor | None = None
+        self._copied: torch.cuda.Event | None = None
+
+    def fill(self, plan: Plan) -> None:
+        """Write the step into the host buffer (rows past the batch padded) and send it in one copy."""
+        if self._copied is not None:
+            self._copied.synchronize()  # the previous step's copy has left the pinned buffer
+        h, c, R = self.h, self.caps, len(plan.ids)
+        for name, vals in (("ids", plan.ids), ("pos", plan.positions), ("seg", plan.segments), ("slot", plan.slots)):
+            arr = h[name].reshape(-1)
+            arr[:R] = vals
+            arr[R:] = 0
+        per_row: list[list[int]] = [[] for _ in range(R)]
+        h["s_lens"][:] = 0
+        h["s_rows"][:] = -1
+        for i, (run, rows) in enumerate(plan.shared):
+            h["s_lens"][i] = run.length
+            h["s_rows"][i, : len(rows)] = rows
+            for j, r in enumerate(rows):
+                per_row[r].append(i * c.qs + j)
+        _scatter_pages(h["s_pages"], [run for run, _ in plan.shared])
+        h["p_lens"][:] = 0
+        h["p_rows"][:] = -1
+        base = c.ls * c.qs
+        for i, (_, r) in enumerate(plan.single):
+            per_row[r].append(base + i)
+        n1 = len(plan.single)
+        if n1:
+            h["p_lens"][:n1] = [run.length for run, _ in plan.single]
+            h["p_rows"][:n1, 0] = [r for _, r in plan.single]
+        _scatter_pages(h["p_pages"], [run for run, _ in plan.single])
+        ent = h["entries"]
+        ent[:] = self.sentinel
+        for r, es in enumerate(per_row):
+            ent[r, : len(es)] = es
+        self.dev.copy_(self.host, non_blocking=True)
+        if self.device.type == "cuda":
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+
+    def attention(self, cache: torch.Tensor, page_size: int) -> TritonDecode:
+        return TritonDecode(cache, self.d["slot"], self.classes, self.d["entries"], page_size)
+
+
+def _splits(programs: int, target: int, most: int) -> int:
+    """Splits per list so that the grid has about ``target`` programs (a power of two in [1, most])."""
+    s = max(1, target // max(1, programs))
+    return min(most, 1 << (s.bit_length() - 1))
+
+
+def _scatter_pages(table: np.ndarray, runs: list[Run]) -> None:
+    """Row i of ``table`` starts with runs[i]'s page ids (the rest is never read: lengths bound the kernel)."""
+    if not runs:
+        return
+    counts = np.fromiter((len(r.pages) for r in runs), dtype=np.int64, count=len(runs))
+    flat = np.fromiter(chain.from_iterable(r.pages for r in runs), dtype=np.int32, count=int(counts.sum()))
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    rows = np.repeat(np.arange(len(runs)), counts)
+    table[rows, np.arange(len(flat)) - starts] = flat
+
+
+class DecodeGraphs:
+    """Decode forwards through per-bucket static buffers; CUDA graphs captured and replayed when enabled."""
+
+    def __init__(self, model, cache: torch.Tensor, page_size: int, num_pages: int,  # noqa: ANN001 - the model
+                 use_graphs: bool, max_graph_batch: int):
+        cfg = model.config
+        self.model = model
+        self.cache = cache
+        self.page_size = page_size
+        self.device = model.device
+        self.kv_heads = cfg.num_kv_heads
+        self.max_q = max(1, MAX_QG // (cfg.num_heads // cfg.num_kv_heads))
+        ctx_pages = -(-cfg.max_position_embeddings // page_size)
+        self.max_pages = max(1, min(ctx_pages, num_pages))
+        self.min_pages = min(self.max_pages, -(-MIN_TOKENS // page_size))
+        self.use_graphs = use_graphs and self.device.type == "cuda"
+        self.max_graph_batch = max_graph_batch
+        self.states: dict[int, DecodeState] = {}
+        self.pool = None
+        self.stats = dict(captures=0, replays=0, eager=0)
+        self.error: str | None = None  # why graphs were switched off, if they were
+
+    def run(self, chunks) -> torch.Tensor:  # noqa: ANN001 - list[runner.Chunk]
+        """Logits (len(chunks), V) of one decode step (valid until the next decode step)."""
+        plan = Plan.from_chunks(chunks, self.max_q)
+        n = len(chunks)
+        B = bucket_for(n)
+        st = self.states.get(B)
+        need = plan.need()
+        if st is None or not st.caps.covers(need):
+            old = st.caps if st is not None else Caps(0, 0, 0, 0, 0, 0)
+            caps = old.grown(need, self.min_pages, self.max_pages, self.max_q)
+            if st is not None and st.graph is not None:
+                st.graph.reset()
+            st = self.states[B] = DecodeState(B, caps, self.kv_heads, self.device)
+        st.fill(plan)
+        if self.use_graphs and self.max_graph_batch >= B:
+            if st.graph is None:
+                self._capture(st)
+            if st.graph is not None:
+                st.graph.replay()
+                self.stats["replays"] += 1
+                return st.out[:n]  # type: ignore[index]
+        self.stats["eager"] += 1
+        return self._forward(st)[:n]
+
+    def _forward(self, st: DecodeState) -> torch.Tensor:
+        attn = st.attention(self.cache, self.page_size)
+        hidden = self.model.hidden(st.d["ids"], st.d["pos"], st.d["seg"], attn)  # (B, 1, D)
+        return self.model.logits(hidden[:, 0])  # (B, V) float32
+
+    def _capture(self, st: DecodeState) -> None:
+        """Warm up (compiles the kernels) and capture the bucket's forward; on failure, say why and go eager.
+
+        Warm-up and capture run on the step's real inputs: rewriting a token's K/V with the same
+        values is harmless, and the replay that follows computes this step.
+        """
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._forward(st)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = self._forward(st)
+            st.graph, st.out = graph, out
+            self.stats["captures"] += 1
+        except Exception as e:  # noqa: BLE001 - any capture failure: keep serving, eagerly
+            self.error = f"{type(e).__name__}: {e}"
+            self.use_graphs = False
+            st.graph, st.out = None, None
+            log.warning("CUDA graph capture failed (%s); decoding without graphs", self.error)
+            torch.cuda.synchronize(self.device)
