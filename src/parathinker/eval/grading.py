@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from math_verify import parse, verify
-
 from ..answers import all_boxed, last_boxed  # noqa: F401 - re-exported for eval users
 
 _PHRASE = re.compile(r"answer\s*(?:is|:|=)\s*(?:\$\s*)?(.+?)(?:\$|\.\s|\.$|\n|$)", re.IGNORECASE)
@@ -97,12 +95,16 @@ def _timeout() -> int | None:
 @lru_cache(maxsize=65536)
 def _parse_gold(gold: str) -> tuple:
     g = _strip_math(gold)
+    from math_verify import parse  # imported on first use: the CLI starts without it
+
     return tuple(parse(f"${g}$", parsing_timeout=_timeout()))  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=65536)
 def _parse_pred(pred: str) -> tuple:
     p = _strip_math(pred)
+    from math_verify import parse
+
     return tuple(parse(f"\\boxed{{{p}}}", parsing_timeout=_timeout()))  # type: ignore[arg-type]
 
 
@@ -116,6 +118,8 @@ def is_equivalent(pred: str | None, gold: str) -> bool:
     g, p = _parse_gold(gold), _parse_pred(pred)
     if not g or not p:
         return False
+    from math_verify import verify
+
     return bool(verify(list(g), list(p), timeout_seconds=_timeout()))
 
 
