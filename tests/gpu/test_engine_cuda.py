@@ -52,22 +52,29 @@ def test_cuda_generation_runs_and_returns_pages(tiny_qwen2):
 
 
 def test_triton_decode_kernel_compiled_matches_reference():
-    """The compiled kernel at a realistic shape (Qwen2.5-1.5B heads), bf16 cache, cascade lists."""
-    from parathinker.engine.triton_decode import DecodeLists, decode_attention
+    """The compiled kernel at a realistic shape (Qwen2.5-1.5B heads), bf16 cache, page tables, cascade lists."""
+    from parathinker.engine.block_manager import PagePool
+    from parathinker.engine.triton_decode import build_lists, decode_attention, row_entry_table
 
     torch.manual_seed(0)
-    H, KVH, D, P, L = 12, 2, 128, 16, 2048
-    slots = L + P * 300 + 64
+    H, KVH, D, P, L, ps = 12, 2, 128, 16, 2048, 16
+    pool = PagePool((L + P * 300) // ps + 64, ps)
+    pool.admit(0, pool.usable_pages)
+    prompt = pool.new_run()
+    pool.extend(prompt, L - 5, 0)  # a partly filled last page
+    owns = []
+    for i in range(P):
+        owns.append(pool.new_run())
+        pool.extend(owns[-1], 17 * (i + 1), 0)
+    slots = pool.num_pages * ps
     k = torch.randn(slots, KVH, D, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(slots, KVH, D, device="cuda", dtype=torch.bfloat16)
-    perm = torch.randperm(slots - 1).add(1).tolist()
-    prompt, rest = perm[:L], perm[L:]
-    private = [rest[i * 300 : i * 300 + 17 * (i + 1)] for i in range(P)]
-    lists = DecodeLists.build(private, [(prompt, list(range(P)))], "cuda")
+    classes = [build_lists([(prompt.pages, prompt.length, list(range(P)))], "cuda", splits=32),
+               build_lists([(r.pages, r.length, [i]) for i, r in enumerate(owns)], "cuda", splits=8)]
     q = torch.randn(P, H, D, device="cuda", dtype=torch.bfloat16)
-    out = decode_attention(q, k, v, lists)
+    out = decode_attention(q, k, v, classes, row_entry_table(classes, P, "cuda"), ps)
     for r in range(P):
-        idx = torch.tensor(prompt + private[r], device="cuda")
+        idx = torch.tensor(prompt.slot_list + owns[r].slot_list, device="cuda")
         kk = k[idx].float().repeat_interleave(H // KVH, 1)
         vv = v[idx].float().repeat_interleave(H // KVH, 1)
         att = torch.softmax(torch.einsum("hd,shd->hs", q[r].float(), kk) / D**0.5, -1)

@@ -1,0 +1,96 @@
+"""The static decode path (per-bucket buffers, padded rows, page tables) against the reference backend.
+
+On the CPU nothing is captured: the same buffers and forward run eagerly, the kernel in Triton's
+interpreter. tests/gpu/test_graphs_cuda.py replays the captured graphs on a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams  # noqa: E402
+from parathinker.engine import graph_runner  # noqa: E402
+from parathinker.engine.block_manager import PagePool  # noqa: E402
+from parathinker.engine.graph_runner import Caps, Plan, bucket_for  # noqa: E402
+from parathinker.engine.runner import Chunk  # noqa: E402
+
+needs_cpu = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test; tests/gpu runs the real one")
+
+
+def test_buckets():
+    assert [bucket_for(n) for n in (1, 2, 3, 5, 9, 17, 25, 33, 49, 65, 257, 513, 600)] == [
+        1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 320, 576, 640]
+
+
+def test_plan_shares_prompts_and_grows_capacities():
+    pool = PagePool(64, 4)
+    pool.admit(0, 63)
+    prompt, other = pool.new_run(), pool.new_run()
+    pool.extend(prompt, 10, 0)
+    pool.extend(other, 3, 0)
+    owns = [pool.new_run() for _ in range(4)]
+    for r in owns:
+        pool.extend(r, 1, 0)
+
+    def chunk(reads, shared):
+        return Chunk([7], [10], [1], [reads[-1].slot(reads[-1].length - 1)], reads, shared_prefix=shared)
+
+    # rows 0-2 share the prompt (split into lists of 2 rows), row 3 reads `other` alone (a private list)
+    chunks = [chunk([prompt, owns[i]], True) for i in range(3)] + [chunk([other, owns[3]], True)]
+    plan = Plan.from_chunks(chunks, max_rows=2)
+    assert [rows for _, rows in plan.shared] == [[0, 1], [2]]
+    assert all(run is prompt for run, _ in plan.shared)
+    assert [(run, r) for run, r in plan.single] == [(owns[0], 0), (owns[1], 1), (owns[2], 2), (other, 3), (owns[3], 3)]
+    need = plan.need()
+    assert need == Caps(ls=2, qs=2, ps=3, l1=5, p1=1, k=2)
+    caps = Caps(0, 0, 0, 0, 0, 0).grown(need, min_pages=4, max_pages=100, max_q=2)
+    assert caps == Caps(ls=2, qs=2, ps=4, l1=8, p1=4, k=2) and caps.covers(need)
+    bigger = caps.grown(Caps(1, 2, 9, 1, 1, 3), min_pages=4, max_pages=10, max_q=2)
+    assert bigger == Caps(ls=2, qs=2, ps=10, l1=8, p1=4, k=4)  # pages capped by the context
+
+
+@needs_cpu
+def test_static_padded_path_scores_like_reference(tiny_qwen2, monkeypatch):
+    """Teacher-forced scoring of 1, 3 and 5 paths (buckets 1, 4, 8: padded rows), page tables that grow."""
+    monkeypatch.setattr(graph_runner, "MIN_TOKENS", 1)  # start with 1-page tables: every run re-grows them
+    cache = dict(kv_cache_memory=0.05, page_size=4)
+    ref = LLM(tiny_qwen2, cache=CacheConfig(attention="reference", **cache))
+    tri = LLM(tiny_qwen2, cache=CacheConfig(attention="triton", **cache))
+    rng = random.Random(5)
+    for num_paths in (1, 3, 5):
+        prompt = [rng.randrange(4, 50) for _ in range(9)]
+        paths = [[rng.randrange(4, 50) for _ in range(rng.randrange(1, 8))] for _ in range(num_paths)]
+        summary = [rng.randrange(4, 50) for _ in range(3)]
+        a, b = ref.score(prompt, paths, summary), tri.score(prompt, paths, summary)
+        diffs = [abs(x - y) for x, y in zip(a.token_logprobs, b.token_logprobs) if x == x]
+        assert max(diffs) <= 1e-4, num_paths
+    dec = tri.engine.runner.decoder
+    assert set(dec.states) >= {1, 4, 8}
+    assert dec.stats["eager"] > 0 and dec.stats["replays"] == 0  # no graphs off CUDA
+    assert max(st.caps.p1 for st in dec.states.values()) >= 4  # grew past the first 1-page tables
+
+
+@needs_cpu
+def test_static_path_generation_with_split_shared_prompts(tiny_llama, monkeypatch):
+    """Two majority requests x 5 greedy samples (10 rows, bucket 16), each prompt in 3 shared lists."""
+    monkeypatch.setattr(graph_runner, "MAX_QG", 4)  # G = 2: at most 2 rows per shared list
+    cache = dict(kv_cache_memory=0.05, page_size=8)
+    ref = LLM(tiny_llama, cache=CacheConfig(attention="reference", **cache))
+    tri = LLM(tiny_llama, cache=CacheConfig(attention="triton", **cache))
+    pp = ParallelParams(mode="majority", num_paths=5, max_path_tokens=6)
+    sp = SamplingParams(temperature=0.0, ignore_eos=True)
+    prompts = ["what is 1 + 2 ?", "the goal is node 3 from node 1 then back"]
+    ga, gb = ref.generate(prompts, pp, sp, raw=True), tri.generate(prompts, pp, sp, raw=True)
+    for x, y in zip(ga, gb):
+        assert [p.token_ids for p in x.paths] == [p.token_ids for p in y.paths]
+        for p, q in zip(x.paths, y.paths):
+            assert max(abs(u - v) for u, v in zip(p.logprobs, q.logprobs)) <= 1e-4
+    st = tri.engine.runner.decoder.states[16]
+    assert st.caps.ls >= 6 and st.caps.qs == 2
