@@ -1,12 +1,18 @@
-"""Engine speed on a model of a given shape (random weights): decode ms/step vs P and context,
-transformers `generate` side by side, the bandwidth floor, and summary time-to-first-token with
-KV reuse vs re-prefill. Writes JSON + a PNG under --out.
+"""Engine speed on a model of a given shape (random weights): decode ms/step vs P and context, with
+CUDA graphs on and off, transformers `generate` side by side, the bandwidth floor, sustained
+tokens/s of many concurrent requests, and summary time-to-first-token with KV reuse vs re-prefill.
+Writes JSON + a PNG under --out; a measurement that fails is recorded (its error in the JSON) and
+the run goes on.
 
     python benchmarks/engine_bench.py --shape qwen2.5-1.5b --device cuda --dtype bfloat16 --out runs/bench
-    python benchmarks/engine_bench.py --shape tiny --device cpu --out /tmp/bench   # smoke run
+    TRITON_INTERPRET=1 python benchmarks/engine_bench.py --shape tiny --device cpu --dtype float32 \
+        --attention triton --paths 1,3 --contexts 40 --steps 6 --multi 2x2 --multi-context 16 \
+        --summary-paths 2 --summary-lens 8 --no-hf --out /tmp/bench          # smoke run of the static path
 
-The floor of a decode step is the bytes it must move (weights once + the prompt's KV once + each
-path's own KV) over the device's measured copy bandwidth.
+ms/step is the median over the decode steps of one run (the engine's per-step host sync makes the
+step boundaries exact; the first steps, which compile kernels and capture graphs, drop out of the
+median). The floor of a decode step is the bytes it must move (weights once + the prompt's KV
+once + each path's own KV) over the device's measured copy bandwidth; "roofline" = floor / measured.
 """
 
 from __future__ import annotations
@@ -67,21 +73,37 @@ def copy_bandwidth(device: str) -> float:
     return 2 * a.numel() * a.element_size() * 10 / (time.perf_counter() - t)
 
 
-def decode_ms(llm, P: int, context: int, steps: int, device: str) -> float:  # noqa: ANN001
+def step_times(llm, specs) -> tuple[list[float], float]:  # noqa: ANN001
+    """Run ``specs`` together; per-decode-step wall times (s) and the total wall time."""
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    llm.engine.run(specs, on_step=lambda active: stamps.append(time.perf_counter()))
+    total = time.perf_counter() - t0
+    return [b - a for a, b in zip(stamps, stamps[1:])], total
+
+
+def decode_ms(llm, P: int, context: int, steps: int) -> float:  # noqa: ANN001
+    """Median ms per decode step of one request with P samples over a ``context``-token prompt."""
     from parathinker import ParallelParams, SamplingParams
 
     prompt = [5 + (i * 7) % 40 for i in range(context)]
+    pp = ParallelParams(mode="majority", num_paths=P, max_path_tokens=steps)
+    dts, _ = step_times(llm, [_spec(prompt, pp, SamplingParams(temperature=1.0, seed=0, ignore_eos=True))])
+    return 1000 * statistics.median(dts)
 
-    def run(n: int) -> float:
-        pp = ParallelParams(mode="majority", num_paths=P, max_path_tokens=n)
-        sync(device)
-        t = time.perf_counter()
-        llm.engine.run([_spec(prompt, pp, SamplingParams(temperature=1.0, seed=0, ignore_eos=True))])
-        sync(device)
-        return time.perf_counter() - t
 
-    run(2)
-    return 1000 * (run(steps) - run(1)) / (steps - 1)
+def multi_request(llm, requests: int, P: int, context: int, steps: int) -> dict:  # noqa: ANN001
+    """Sustained decoding of ``requests`` concurrent requests x P samples (EOS ignored): tokens/s."""
+    from parathinker import ParallelParams, SamplingParams
+
+    pp = ParallelParams(mode="majority", num_paths=P, max_path_tokens=steps)
+    specs = [_spec([5 + (i * 7 + r) % 40 for i in range(context)], pp,
+                   SamplingParams(temperature=1.0, seed=r, ignore_eos=True)) for r in range(requests)]
+    dts, total = step_times(llm, specs)
+    ms = 1000 * statistics.median(dts)
+    rows = requests * P
+    return dict(requests=requests, P=P, context=context, steps=steps, step_ms=ms, tokens_per_s=rows / ms * 1000,
+                end_to_end_tokens_per_s=rows * steps / total, total_s=total)
 
 
 def _spec(prompt, pp, sp):  # noqa: ANN001
@@ -116,6 +138,28 @@ def summary_ttft_ms(llm, P: int, path_len: int, mode: str) -> float:  # noqa: AN
     return 1000 * out.stats["time_summary"]
 
 
+def measure(label: str, key: dict, fn, *fargs) -> dict:  # noqa: ANN001
+    """One table row: ``fn(*fargs)``'s dict (or value under ``label``), or the error it raised; never raises."""
+    try:
+        got = fn(*fargs)
+        row = {**key, **(got if isinstance(got, dict) else {label: got}), "error": None}
+    except Exception as e:  # noqa: BLE001 - a failed row is a result too
+        row = {**key, label: None, "error": f"{type(e).__name__}: {e}"[:500]}
+        print(f"  {key}: FAILED {row['error']}", flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return row
+
+
+def set_graphs(llm, on: bool) -> bool:  # noqa: ANN001
+    """Switch the engine's CUDA graphs on/off; False when there is no graph path (reference attention, CPU)."""
+    dec = llm.engine.runner.decoder
+    if dec is None:
+        return False
+    dec.use_graphs = on and dec.device.type == "cuda" and dec.error is None
+    return dec.use_graphs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="qwen2.5-1.5b", choices=sorted(SHAPES))
@@ -124,9 +168,15 @@ def main() -> None:
     ap.add_argument("--paths", default="1,4,16")
     ap.add_argument("--contexts", default="2048,16384")
     ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--graphs", default="both", choices=["on", "off", "both"],
+                    help="CUDA graphs for decode steps: measure with them, without, or both (CUDA + triton only)")
+    ap.add_argument("--multi", default="32x8", help="concurrent requests x paths for the sustained tokens/s row ('' skips)")
+    ap.add_argument("--multi-context", type=int, default=1024)
+    ap.add_argument("--multi-steps", type=int, default=64)
     ap.add_argument("--summary-paths", default="2,4,8,16")
     ap.add_argument("--summary-lens", default="1024,4096,16384")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers generate")
+    ap.add_argument("--hf-max-context", type=int, default=4096)
     ap.add_argument("--attention", default="auto", choices=["auto", "reference", "triton"])
     ap.add_argument("--kv-gib", type=float, default=None)
     ap.add_argument("--work", default="/tmp/parathinker-bench-models")
@@ -144,34 +194,79 @@ def main() -> None:
     bw = copy_bandwidth(args.device)
     weight_bytes = sum(p.numel() * p.element_size() for p in llm.model.parameters())
     kv_tok = cfg.kv_bytes_per_token * torch.empty((), dtype=dtype).element_size()
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.graphs]
+    if not set_graphs(llm, True):
+        modes = [False]  # no graph path here: measure eager once
     res: dict = dict(shape=args.shape, device=args.device, dtype=args.dtype, attention=llm.engine.runner.decode_backend,
-                     copy_GBps=bw / 1e9, weight_GB=weight_bytes / 1e9, decode=[], summary=[],
+                     copy_GBps=bw / 1e9, weight_GB=weight_bytes / 1e9, decode=[], multi=[], summary=[],
                      gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu")
     print(f"{args.shape} on {res['gpu']} ({args.dtype}); weights {weight_bytes / 1e9:.2f} GB; copy {bw / 1e9:.0f} GB/s; "
           f"decode attention: {res['attention']}", flush=True)
     hf = None
     if not args.no_hf:
-        from transformers import AutoModelForCausalLM
+        try:
+            from transformers import AutoModelForCausalLM
 
-        hf = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=dtype).to(args.device).eval()
-    print(f"{'ctx':>6} {'P':>3} {'engine ms':>10} {'HF ms':>8} {'floor ms':>9} {'x floor':>8}", flush=True)
+            hf = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=dtype).to(args.device).eval()
+        except Exception as e:  # noqa: BLE001
+            res["hf_error"] = f"{type(e).__name__}: {e}"[:500]
+    def save() -> None:  # after every row: a run cut short by a timeout keeps what it measured
+        (out / "engine_bench.json").write_text(json.dumps(res, indent=2))
+
+    print(f"{'ctx':>6} {'P':>3} {'graphs':>6} {'engine ms':>10} {'HF ms':>8} {'floor ms':>9} {'roofline':>8}", flush=True)
     for ctx in [int(x) for x in args.contexts.split(",")]:
         for P in [int(x) for x in args.paths.split(",")]:
-            e = statistics.median(decode_ms(llm, P, ctx, args.steps, args.device) for _ in range(3))
-            h = hf_decode_ms(hf, P, ctx, args.steps, args.device) if hf is not None and ctx <= 4096 else None
             floor = 1000 * (weight_bytes + kv_tok * (ctx + P * args.steps)) / bw
-            res["decode"].append(dict(context=ctx, P=P, engine_ms=e, hf_ms=h, floor_ms=floor))
-            hs = f"{h:8.2f}" if h is not None else "       -"
-            print(f"{ctx:>6} {P:>3} {e:>10.2f} {hs} {floor:>9.3f} {e / floor:>8.1f}", flush=True)
+            h = None
+            if hf is not None and ctx <= args.hf_max_context:
+                h = measure("hf_ms", dict(context=ctx, P=P), hf_decode_ms, hf, P, ctx, args.steps, args.device)
+                res.setdefault("hf", []).append(h)
+            for g in modes:
+                set_graphs(llm, g)
+                row = measure("engine_ms", dict(context=ctx, P=P, graphs=g), decode_ms, llm, P, ctx, args.steps)
+                e = row["engine_ms"]
+                row.update(floor_ms=floor, hf_ms=h["hf_ms"] if h else None, roofline=floor / e if e else None)
+                res["decode"].append(row)
+                save()
+                es = f"{e:10.2f}" if e is not None else "    failed"
+                hs = f"{h['hf_ms']:8.2f}" if h and h["hf_ms"] is not None else "       -"
+                rf = f"{floor / e:8.2f}" if e else "       -"
+                print(f"{ctx:>6} {P:>3} {'on' if g else 'off':>6} {es} {hs} {floor:>9.3f} {rf}", flush=True)
+    if args.multi:
+        n_req, P = (int(x) for x in args.multi.lower().split("x"))
+        ctx, steps = args.multi_context, args.multi_steps
+        floor = 1000 * (weight_bytes + kv_tok * (n_req * ctx + n_req * P * steps / 2)) / bw  # mid-run own KV
+        print(f"{'reqs x P':>9} {'graphs':>6} {'step ms':>8} {'tok/s':>9} {'e2e tok/s':>10} {'roofline':>8}", flush=True)
+        for g in modes:
+            set_graphs(llm, g)
+            row = measure("step_ms", dict(requests=n_req, P=P, graphs=g), multi_request, llm, n_req, P, ctx, steps)
+            row.update(floor_ms=floor, roofline=floor / row["step_ms"] if row.get("step_ms") else None)
+            res["multi"].append(row)
+            save()
+            if row["error"] is None:
+                print(f"{n_req:>4} x {P:<3} {'on' if g else 'off':>6} {row['step_ms']:8.2f} {row['tokens_per_s']:9.0f} "
+                      f"{row['end_to_end_tokens_per_s']:10.0f} {row['roofline']:8.2f}", flush=True)
+    set_graphs(llm, modes[0])
     print(f"{'paths':>5} {'len':>6} {'reuse ms':>9} {'reprefill ms':>13}", flush=True)
     for P in [int(x) for x in args.summary_paths.split(",")]:
         for n in [int(x) for x in args.summary_lens.split(",")]:
-            a = summary_ttft_ms(llm, P, n, "parathinker")
-            b = summary_ttft_ms(llm, P, n, "reprefill")
-            res["summary"].append(dict(P=P, path_len=n, reuse_ms=a, reprefill_ms=b))
-            print(f"{P:>5} {n:>6} {a:>9.2f} {b:>13.2f}", flush=True)
-    (out / "engine_bench.json").write_text(json.dumps(res, indent=2))
-    plot(res, out / "engine_bench.png")
+            a = measure("reuse_ms", dict(P=P, path_len=n), summary_ttft_ms, llm, P, n, "parathinker")
+            b = measure("reprefill_ms", dict(P=P, path_len=n), summary_ttft_ms, llm, P, n, "reprefill")
+            res["summary"].append(dict(P=P, path_len=n, reuse_ms=a["reuse_ms"], reprefill_ms=b["reprefill_ms"],
+                                       error=a["error"] or b["error"]))
+            save()
+            fa = f"{a['reuse_ms']:9.2f}" if a["reuse_ms"] is not None else "   failed"
+            fb = f"{b['reprefill_ms']:13.2f}" if b["reprefill_ms"] is not None else "       failed"
+            print(f"{P:>5} {n:>6} {fa} {fb}", flush=True)
+    dec = llm.engine.runner.decoder
+    res["graph_runner"] = dict(stats=dict(dec.stats), error=dec.error, buckets=sorted(dec.states)) if dec else None
+    if dec is not None:
+        print(f"graph runner: {dec.stats}; error: {dec.error}", flush=True)
+    save()
+    try:
+        plot(res, out / "engine_bench.png")
+    except Exception as e:  # noqa: BLE001 - the JSON is the result; the picture is a convenience
+        print(f"plot failed: {type(e).__name__}: {e}", flush=True)
 
 
 def plot(res: dict, path: Path) -> None:
@@ -181,20 +276,32 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    ok = [r for r in res["decode"] if r.get("engine_ms") is not None]
     for ctx in sorted({r["context"] for r in res["decode"]}):
+        for g, style in ((True, "o-"), (False, "^--")):
+            rows = [r for r in ok if r["context"] == ctx and r["graphs"] == g]
+            if rows:
+                a.plot([r["P"] for r in rows], [r["engine_ms"] for r in rows], style,
+                       label=f"engine, graphs {'on' if g else 'off'}, ctx {ctx}")
         rows = [r for r in res["decode"] if r["context"] == ctx]
-        a.plot([r["P"] for r in rows], [r["engine_ms"] for r in rows], "o-", label=f"engine, ctx {ctx}")
-        a.plot([r["P"] for r in rows], [r["floor_ms"] for r in rows], ":", label=f"floor, ctx {ctx}")
-        hf = [r for r in rows if r["hf_ms"] is not None]
+        floors = {r["P"]: r["floor_ms"] for r in rows}
+        a.plot(list(floors), list(floors.values()), ":", label=f"floor, ctx {ctx}")
+        hf = {r["P"]: r["hf_ms"] for r in rows if r.get("hf_ms") is not None}
         if hf:
-            a.plot([r["P"] for r in hf], [r["hf_ms"] for r in hf], "s--", label=f"transformers, ctx {ctx}")
+            a.plot(list(hf), list(hf.values()), "s--", label=f"transformers, ctx {ctx}")
     a.set(xlabel="paths P", ylabel="ms per decode step", title=f"{res['shape']} on {res['gpu']}", xscale="log", yscale="log")
-    a.legend(fontsize=7)
+    a.legend(fontsize=6)
     for n in sorted({r["path_len"] for r in res["summary"]}):
         rows = [r for r in res["summary"] if r["path_len"] == n]
-        b.plot([r["P"] for r in rows], [r["reuse_ms"] for r in rows], "o-", label=f"KV reuse, {n}/path")
-        b.plot([r["P"] for r in rows], [r["reprefill_ms"] for r in rows], "s--", label=f"re-prefill, {n}/path")
-    b.set(xlabel="paths P", ylabel="summary time to first token (ms)", xscale="log", yscale="log")
+        b.plot([r["P"] for r in rows if r["reuse_ms"] is not None],
+               [r["reuse_ms"] for r in rows if r["reuse_ms"] is not None], "o-", label=f"KV reuse, {n}/path")
+        b.plot([r["P"] for r in rows if r["reprefill_ms"] is not None],
+               [r["reprefill_ms"] for r in rows if r["reprefill_ms"] is not None], "s--", label=f"re-prefill, {n}/path")
+    multi = [r for r in res["multi"] if r.get("step_ms") is not None]
+    title = "; ".join(f"{r['requests']}x{r['P']} graphs {'on' if r['graphs'] else 'off'}: {r['tokens_per_s']:.0f} tok/s"
+                      for r in multi)
+    b.set(xlabel="paths P", ylabel="summary time to first token (ms)", xscale="log", yscale="log", title=title)
+    b.title.set_fontsize(7)
     b.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

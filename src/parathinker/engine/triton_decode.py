@@ -87,12 +87,13 @@ if triton is not None:
         stride_qr, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh,
         MAXP, QMAX, scale,
         G: tl.constexpr, D: tl.constexpr, BLOCK_QG: tl.constexpr, BLOCK_N: tl.constexpr,
-        PAGE: tl.constexpr, NSPLIT: tl.constexpr, LOWP: tl.constexpr,
+        PAGE: tl.constexpr, LOWP: tl.constexpr,
     ):
         lst = tl.program_id(0)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
         n_kv = tl.load(LENS + lst)
+        NSPLIT = tl.num_programs(2)  # runtime, not a constexpr: one compiled kernel for every split count
         # this program's share of the list's CURRENT length: nothing past the end, whatever the grid
         per = tl.cdiv(tl.cdiv(n_kv, NSPLIT), BLOCK_N) * BLOCK_N
         start = split * per
@@ -105,7 +106,9 @@ if triton is not None:
         d = tl.arange(0, D)
         q = tl.load(Q_ptr + row[:, None] * stride_qr + (kvh * G + g)[:, None] * stride_qh + d[None, :],
                     mask=valid_q[:, None], other=0.0)
-        if LOWP:  # noqa: SIM108 - half-precision cache: tensor-core dots in its dtype, fp32 accumulation
+        # half-precision cache: tensor-core dots in its dtype, fp32 accumulation (compiled only: Triton's CPU
+        # interpreter mis-converts fp32 -> bf16, so the CPU tests use fp32 caches and tests/gpu covers bf16)
+        if LOWP:  # noqa: SIM108
             q = q.to(K_ptr.dtype.element_ty)
         else:
             q = q.to(tl.float32)
@@ -172,7 +175,7 @@ def decode_attention(
             q, k_cache, v_cache, c.pages, c.lens, c.rows, o_part, lse_part,
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
             P, Qmax, 1.0 / math.sqrt(D),
-            G=G, D=D, BLOCK_QG=block_qg, BLOCK_N=block_n, PAGE=page_size, NSPLIT=c.splits, LOWP=lowp,
+            G=G, D=D, BLOCK_QG=block_qg, BLOCK_N=block_n, PAGE=page_size, LOWP=lowp,
             num_warps=8 if block_qg >= 64 else 4,
         )
         parts.append((o_part, lse_part, Qmax))
