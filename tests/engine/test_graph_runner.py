@@ -53,7 +53,7 @@ def test_plan_shares_prompts_and_grows_capacities():
     caps = Caps(0, 0, 0, 0, 0, 0).grown(need, min_pages=4, max_pages=100, max_q=2)
     assert caps == Caps(ls=2, qs=2, ps=4, l1=8, p1=4, k=2) and caps.covers(need)
     bigger = caps.grown(Caps(1, 2, 9, 1, 1, 3), min_pages=4, max_pages=10, max_q=2)
-    assert bigger == Caps(ls=2, qs=2, ps=10, l1=8, p1=4, k=4)  # pages capped by the context
+    assert bigger == Caps(ls=2, qs=2, ps=10, l1=8, p1=4, k=4)  # pages capped (by the pool)
 
 
 @needs_cpu

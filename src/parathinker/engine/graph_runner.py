@@ -81,7 +81,7 @@ class Caps:
 
         return Caps(
             ls=up(self.ls, need.ls), qs=min(max_q, up(self.qs, need.qs)),
-            ps=min(max_pages, up(self.ps, need.ps, min_pages)), l1=up(self.l1, need.l1),
+            ps=min(max_pages, up(self.ps, need.ps, min_pages)), l1=up(self.l1, max(1, need.l1)),
             p1=min(max_pages, up(self.p1, need.p1, min_pages)), k=up(self.k, need.k),
         )
 
@@ -229,8 +229,7 @@ class DecodeGraphs:
         self.device = model.device
         self.kv_heads = cfg.num_kv_heads
         self.max_q = max(1, MAX_QG // (cfg.num_heads // cfg.num_kv_heads))
-        ctx_pages = -(-cfg.max_position_embeddings // page_size)
-        self.max_pages = max(1, min(ctx_pages, num_pages))
+        self.max_pages = num_pages  # a run never holds more pages than the pool (a re-prefill run can pass the context)
         self.min_pages = min(self.max_pages, -(-MIN_TOKENS // page_size))
         self.use_graphs = use_graphs and self.device.type == "cuda"
         self.max_graph_batch = max_graph_batch
