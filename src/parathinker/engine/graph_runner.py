@@ -292,4 +292,7 @@ class DecodeGraphs:
             self.use_graphs = False
             st.graph, st.out = None, None
             log.warning("CUDA graph capture failed (%s); decoding without graphs", self.error)
-            torch.cuda.synchronize(self.device)
+            try:
+                torch.cuda.synchronize(self.device)
+            except Exception as e2:  # noqa: BLE001 - a broken context will fail the eager step too, visibly
+                self.error += f"; then {type(e2).__name__}: {e2}"
