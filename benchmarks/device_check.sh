@@ -10,6 +10,7 @@
 # is reported in its log/JSON and the script goes on). Five files under $OUT: gpu.txt, gpu_tests.log,
 # bench.log, engine_bench.json (written after every row), engine_bench.png.
 # CPU smoke of the same benchmark code:  SMOKE=1 bash benchmarks/device_check.sh
+# env: GPU_TESTS (pytest paths), TEST_TIMEOUT, BENCH_TIMEOUT (seconds; defaults 140, 220)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 out="${OUT:-runs/device}"
@@ -24,9 +25,9 @@ if [ "${SMOKE:-0}" = "1" ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
 python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)" 2>&1 | tee -a "$out/gpu.txt"
-timeout 140 python3 -m pytest -q -m gpu -p no:cacheprovider -rfE tests/gpu tests/train/test_flex.py 2>&1 | tee "$out/gpu_tests.log"
+timeout "${TEST_TIMEOUT:-140}" python3 -m pytest -q -m gpu -p no:cacheprovider -rfE ${GPU_TESTS:-tests/gpu tests/train/test_flex.py} 2>&1 | tee "$out/gpu_tests.log"
 echo "gpu tests exit: ${PIPESTATUS[0]}" | tee -a "$out/gpu_tests.log"
-timeout 220 python3 benchmarks/engine_bench.py --shape qwen2.5-1.5b --device cuda --dtype bfloat16 --kv-gib 32 \
+timeout "${BENCH_TIMEOUT:-220}" python3 benchmarks/engine_bench.py --shape qwen2.5-1.5b --device cuda --dtype bfloat16 --kv-gib 32 \
   --graphs both --paths 1,16 --contexts 2048,16384 --steps 32 --hf-max-context 2048 \
   --multi 32x8 --multi-context 1024 --multi-steps 64 --summary-paths 4,16 --summary-lens 512,2048 \
   --out "$out" 2>&1 | tee "$out/bench.log"
