@@ -34,9 +34,9 @@ def _graphs_used(llm):
     return dec
 
 
-@pytest.mark.parametrize("num_paths", [1, 3, 8, 20])
+@pytest.mark.parametrize("num_paths", [1, 3, 8])
 def test_graph_scores_equal_eager_and_reference(tiny_qwen2, num_paths):
-    """Teacher-forced log-probs (every path/summary token a decode step) in buckets 1, 4, 8, 24."""
+    """Teacher-forced log-probs (every path/summary token a decode step) in buckets 1, 4, 8 (the fixture has <think1..8>)."""
     graph, eager, ref = _llms(tiny_qwen2)
     rng = random.Random(num_paths)
     prompt = [rng.randrange(4, 50) for _ in range(40)]
