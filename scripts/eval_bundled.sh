@@ -9,7 +9,7 @@ set -euo pipefail
 PT=${1:-src/parathinker/assets/default}
 TEST=${2:-runs/bundled_work/data/test.jsonl}
 OUT=${3:-runs/bundled_eval}
-SEQ=${4:-}
+SEQ=${4:-src/parathinker/assets/sequential}
 N=${N:-500}
 SAMPLES=${SAMPLES:-1}
 BATCH=${BATCH:-100}

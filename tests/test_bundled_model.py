@@ -1,14 +1,12 @@
-"""Regression tests of the shipped model (src/parathinker/assets/default/), fast on CPU.
+"""Regression tests of the shipped models (src/parathinker/assets/), fast on CPU.
 
 Problems: the last 100 of the task's held-out set (``make-data --seed 0 --test 1000``, disjoint
 from the training problems; the docs' table uses the first 500), sampled with a fixed seed.
 
-What the shipped checkpoint does (measured, docs/bundled-model.md): it loads by default, writes
-the ParaThinker format (P paths that start at the start node, each ended by its own end token or
-cut by First-Finish, a summary with a \\boxed{} route). What it does not do yet: solve the
-problems (it has not learned the edge look-ups), so the comparison the issue asks for
-(ParaThinker@4 beats one sequential path by a clear margin) is a strict xfail: it fails the suite
-as soon as a retrained model passes it, so that the marker and thresholds get updated.
+``default/`` is the bundled ParaThinker model, ``sequential/`` its sequential control (same data,
+same recipe, one path + answer per example; docs/bundled-model.md). Measured on this subset with
+seed 1234 (2026-11-28): ParaThinker@4 0.83, ParaThinker@1 0.34, sequential 0.47, majority@4 of the
+sequential model 0.60. The thresholds below leave room for platform differences in sampling.
 """
 
 from __future__ import annotations
@@ -20,13 +18,13 @@ import sys
 import pytest
 
 from parathinker import LLM, ParallelParams, SamplingParams
-from parathinker.assets import DEFAULT_MODEL, default_model_dir
+from parathinker.assets import DEFAULT_MODEL, SEQUENTIAL_MODEL, default_model_dir
 from parathinker.eval.benchmarks import pathfind_default
 
 N, P, SEED = 100, 4, 1234
 BUDGET = dict(max_path_tokens=128, summary_max_tokens=48)
-# the comparison the issue asks for (ParaThinker@4 - ParaThinker@1, accuracy points / 100)
-TARGET_MARGIN = 0.10
+# the comparison the issue asks for, in accuracy / 100 (measured margins: 0.36 and 0.23)
+MARGIN_SEQUENTIAL, MARGIN_MAJORITY = 0.20, 0.10
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +34,12 @@ def problems() -> list:
 
 @pytest.fixture(scope="module")
 def llm() -> LLM:
-    return LLM(None, threads="auto")  # the bundled default (1M parameters: one CPU thread is fastest)
+    return LLM(None, threads="auto")  # the bundled default (3M parameters: one CPU thread is fastest)
+
+
+@pytest.fixture(scope="module")
+def seq_llm() -> LLM:
+    return LLM(SEQUENTIAL_MODEL, threads="auto")
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +48,8 @@ def pt_run(llm: LLM, problems: list) -> tuple[float, list]:
     return _run(llm, problems, P)
 
 
-def _run(llm: LLM, problems: list, p: int) -> tuple[float, list]:
-    outs = llm.generate([q.problem for q in problems], ParallelParams(num_paths=p, **BUDGET),
+def _run(llm: LLM, problems: list, p: int, mode: str = "parathinker") -> tuple[float, list]:
+    outs = llm.generate([q.problem for q in problems], ParallelParams(num_paths=p, mode=mode, **BUDGET),
                         SamplingParams(temperature=1.0, top_p=1.0, seed=SEED))
     right = [q.check(o.answer) for q, o in zip(problems, outs)]
     return sum(right) / len(right), outs
@@ -54,13 +57,14 @@ def _run(llm: LLM, problems: list, p: int) -> tuple[float, list]:
 
 def test_bundled_files() -> None:
     assert default_model_dir() == DEFAULT_MODEL
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "parathinker.json"):
-        assert (DEFAULT_MODEL / f).is_file(), f
-    assert sum(f.stat().st_size for f in DEFAULT_MODEL.iterdir()) <= 25 * 2**20
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL)
-    assert len(tok) == 148 and tok.convert_tokens_to_ids("<think4>") != tok.unk_token_id
+    for d in (DEFAULT_MODEL, SEQUENTIAL_MODEL):
+        for f in ("config.json", "model.safetensors", "tokenizer.json", "parathinker.json"):
+            assert (d / f).is_file(), d / f
+        assert (d / "model.safetensors").stat().st_size <= 25 * 2**20
+        tok = AutoTokenizer.from_pretrained(d)
+        assert len(tok) == 148 and tok.convert_tokens_to_ids("<think4>") != tok.unk_token_id
 
 
 def test_parathinker_format(pt_run: tuple[float, list], problems: list) -> None:
@@ -70,11 +74,11 @@ def test_parathinker_format(pt_run: tuple[float, list], problems: list) -> None:
     # First-Finish: at least one path ended by its own end token, the others cut or ended
     assert all(any(x.finish_reason == "end" for x in o.paths) for o in outs)
     assert all(x.finish_reason in ("end", "cut") for o in outs for x in o.paths)
-    # every try starts at the start node (measured: 398 of 400 paths)
+    # every try starts at the start node
     first = [x.text.split()[:2] for o in outs for x in o.paths]
     ok = sum(w == ["T1", s] for w, s in zip(first, [s for s in starts for _ in range(P)]))
     assert ok >= 0.9 * N * P, ok
-    # the summary states a route in a box (measured: all 100)
+    # the summary states a route in a box
     assert sum("\\boxed{" in (o.summary.text or "") for o in outs) >= 0.95 * N
 
 
@@ -86,9 +90,12 @@ def test_generate_cli_default_model(problems: list) -> None:
     assert "path 1" in r.stdout and "path 2" in r.stdout and "summary" in r.stdout and "answer:" in r.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped model has not learned the edge look-ups yet: "
-                   "ParaThinker@4 and one path are both ~0 (docs/bundled-model.md)")
-def test_parathinker_beats_one_path(llm: LLM, problems: list, pt_run: tuple[float, list]) -> None:
+def test_parathinker_beats_sequential_and_majority(seq_llm: LLM, problems: list, pt_run: tuple[float, list]) -> None:
+    """The paper's claim on the shipped models: same per-path budget, P=4."""
     acc_pt, _ = pt_run
-    acc_1, _ = _run(llm, problems, 1)
-    assert acc_pt - acc_1 >= TARGET_MARGIN, f"ParaThinker@{P} {acc_pt:.2f}, one path {acc_1:.2f}"
+    acc_seq, _ = _run(seq_llm, problems, 1, "sequential")
+    acc_maj, _ = _run(seq_llm, problems, P, "majority")
+    msg = f"ParaThinker@{P} {acc_pt:.2f}, sequential {acc_seq:.2f}, majority@{P} {acc_maj:.2f}"
+    assert acc_pt - acc_seq >= MARGIN_SEQUENTIAL, msg
+    assert acc_pt - acc_maj >= MARGIN_MAJORITY, msg
+    assert acc_pt >= 0.7, msg

@@ -117,6 +117,22 @@ class _Crash(TrainerCallback):
             raise KeyboardInterrupt
 
 
+def test_stop_step_ends_the_full_schedule_early(prepared_qwen, toy_data, trained, tmp_path):
+    """--stop-step k of a --max-steps n schedule == the n-step run's checkpoint at step k (lr not re-scaled)."""
+    out = train(prepared_qwen, toy_data, tmp_path / "stop",
+                TrainConfig(max_steps=12, stop_step=8, global_batch_size=4, per_device_batch_size=2, save_steps=100,
+                            **FAST), PackConfig(max_length=512))
+    full, stop = _losses(trained), _losses(out)
+    assert sorted(stop) == list(range(1, 9))
+    assert all(abs(full[s] - stop[s]) <= 1e-5 * max(1.0, abs(full[s])) for s in stop)
+    lr = lambda d: [json.loads(x).get("learning_rate") for x in (d / "metrics.jsonl").read_text().splitlines()][:8]  # noqa: E731
+    assert lr(out) == lr(trained) and lr(out)[-1] > 0
+    wa, wb = load_file(str(trained / "checkpoint-8" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
+    with pytest.raises(ConfigError, match="--stop-step"):
+        TrainConfig(max_steps=4, stop_step=5)
+
+
 def test_resume_reproduces_the_uninterrupted_run(prepared_qwen, tmp_path):
     toy_data = write_jsonl(tmp_path / "small.jsonl", toy_records(8))  # 2 steps an epoch: resume crosses epochs
     cfg = TrainConfig(max_steps=6, global_batch_size=4, per_device_batch_size=2, save_steps=3, **FAST)

@@ -1,8 +1,8 @@
-"""Package data: the bundled model (trained by scripts/train_bundled.sh, see docs/bundled-model.md).
+"""Package data: the bundled models (trained by scripts/train_bundled.sh, see docs/bundled-model.md).
 
 ``default/``: the ParaThinker checkpoint for the pathfind task, loaded by ``LLM(None)`` and
-``parathinker generate`` without ``--model``. ``sequential/`` is where the sequential control goes
-once it is trained (``SEQ=1 scripts/train_bundled.sh``); it is not shipped yet.
+``parathinker generate`` without ``--model``. ``sequential/``: its sequential control (same data and
+recipe, one path + answer per example), the baseline of the evaluation and the regression tests.
 """
 
 from __future__ import annotations

@@ -19,6 +19,11 @@ class TrainConfig:
     max_grad_norm: float = field(default=0.5, metadata={"flag": "--grad-clip", "help": "gradient clipping norm"})
     epochs: float = field(default=3.0, metadata={"help": "passes over the data"})
     max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: use --epochs)"})
+    stop_step: int = field(
+        default=0,
+        metadata={"help": "end training after this many steps of a --max-steps schedule (0: run it to the end); "
+                          "the model is saved there, as a reproducible early stop"},
+    )
     per_device_batch_size: int = field(default=1, metadata={"help": "examples per device per micro-step"})
     global_batch_size: int = field(
         default=64, metadata={"help": "examples per optimizer step over all devices (sets gradient accumulation)"}
@@ -53,6 +58,8 @@ class TrainConfig:
             raise ConfigError("--per-device-batch-size and --global-batch-size must be >= 1")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("give --epochs > 0 or --max-steps > 0")
+        if self.stop_step < 0 or (self.stop_step and self.max_steps > 0 and self.stop_step > self.max_steps):
+            raise ConfigError(f"--stop-step must be in 0..--max-steps ({self.max_steps}), got {self.stop_step}")
         if self.loss_chunk_size < 0:
             raise ConfigError(f"--loss-chunk-size must be >= 0 (0 = full logits), got {self.loss_chunk_size}")
         if self.save_steps < 1 or self.logging_steps < 1:

@@ -164,6 +164,18 @@ class MetricsLog(TrainerCallback):
                 f.write(json.dumps(rec) + "\n")
 
 
+class StopAtStep(TrainerCallback):
+    """Ends training after ``step`` optimizer steps while the lr schedule keeps its full length."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
 class LossBar(ProgressCallback):
     """Trainer's progress bar (steps, ETA) with the latest loss and lr as its postfix."""
 
@@ -296,6 +308,8 @@ def train(
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossBar())
     trainer.add_callback(MetricsLog(output_dir / "metrics.jsonl"))
+    if cfg.stop_step:
+        trainer.add_callback(StopAtStep(cfg.stop_step))
     for cb in callbacks:
         trainer.add_callback(cb)
     if trainer.args.should_save:
