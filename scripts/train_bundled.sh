@@ -10,18 +10,22 @@
 # 3. `parathinker train`, one cosine schedule: the ParaThinker model (all paths of an example,
 #    thought embeddings) and, with the same data, hyper-parameters and number of training tokens,
 #    the sequential control (`--sequential`: prompt + one drawn path + summary; its examples are
-#    shorter, so it gets SEQ_FACTOR x the steps). Both run at once when PARALLEL=1 (one GPU
-#    serves both: the models are tiny and each run is bound by its own Python).
+#    shorter, so its schedule is SEQ_FACTOR x the steps). Both run at once when PARALLEL=1 (one GPU
+#    serves both: the models are tiny and each run is bound by its own Python). STOP_PT/STOP_SEQ
+#    end a run early inside its full cosine schedule (--stop-step): the shipped models are the
+#    step-4500 (of 5000) and step-5500 (of 8050) points, where the H200 session's time limit
+#    stopped them (docs/bundled-model.md).
 # 4. copy both into the package (COPY=0 to skip)
 #
 # env (defaults = the shipped models): HIDDEN LAYERS HEADS KV_HEADS MLP, STEPS, SEQ_FACTOR, LR,
-# BATCH, TRAIN_N, SEEDS, PARALLEL, MODELS ("pt seq"), TIMEOUT (seconds per run; 0 = none: a run
+# BATCH, TRAIN_N, SEED, STOP_PT, STOP_SEQ (0: whole schedule), PARALLEL, MODELS ("pt seq"), TIMEOUT (seconds per run; 0 = none: a run
 # stopped by it keeps its last checkpoint, and rerunning resumes it), EXTRA (more train flags).
 set -euo pipefail
 WORK=${1:-runs/bundled_work}
 HIDDEN=${HIDDEN:-256}; LAYERS=${LAYERS:-4}; HEADS=${HEADS:-8}; KV_HEADS=${KV_HEADS:-2}; MLP=${MLP:-768}
 STEPS=${STEPS:-5000}; SEQ_FACTOR=${SEQ_FACTOR:-1.61}; LR=${LR:-1e-3}; BATCH=${BATCH:-64}
 TRAIN_N=${TRAIN_N:-100000}; SEED=${SEED:-1}; PARALLEL=${PARALLEL:-1}; MODELS=${MODELS:-pt seq}
+STOP_PT=${STOP_PT:-4500}; STOP_SEQ=${STOP_SEQ:-5500}
 TIMEOUT=${TIMEOUT:-0}; COPY=${COPY:-1}; EXTRA=${EXTRA:-}
 PY=${PYTHON:-python}
 mkdir -p "$WORK"
@@ -46,13 +50,13 @@ train() {  # NAME STEPS [flags]: skips a finished run, resumes an interrupted on
     local start=$SECONDS
     "${t[@]}" $PY -m parathinker train --model "$WORK/init" --data "$WORK/data/train.jsonl" --output "$out" \
         --max-steps "$steps" "${TRAIN[@]}" "${resume[@]}" "$@" > "$WORK/$name.log" 2>&1 || echo "$name: exit $?"
-    echo "$name: $steps steps, $((SECONDS - start)) s" | tee -a "$WORK/times.txt"
+    echo "$name: $* (schedule $steps steps), $((SECONDS - start)) s" | tee -a "$WORK/times.txt"
 }
 SEQ_STEPS=$($PY -c "print(round($STEPS * $SEQ_FACTOR))")
 for m in $MODELS; do
     case $m in
-        pt) job=(train pt "$STEPS") ;;
-        seq) job=(train seq "$SEQ_STEPS" --sequential) ;;
+        pt) job=(train pt "$STEPS" --stop-step "$STOP_PT") ;;
+        seq) job=(train seq "$SEQ_STEPS" --stop-step "$STOP_SEQ" --sequential) ;;
         *) echo "unknown model $m (pt, seq)"; exit 2 ;;
     esac
     if [ "$PARALLEL" = 1 ]; then "${job[@]}" & else "${job[@]}"; fi
