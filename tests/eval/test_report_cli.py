@@ -78,11 +78,16 @@ def test_tunnel_vision(tmp_path: Path, fake: tuple[Path, FakeLLM]) -> None:
             "--batch-size", "3"]
     assert _main(argv) == 0
     recs = read_records(out / "tunnel.jsonl")
-    sources = [r for r in recs if r["prefix_tokens"] == 0]
-    assert len(sources) == 6 * 4
+    sources = [r for r in recs if r["kind"] == "source"]
+    assert len(sources) == 6 * 4 and all(r["prefix_tokens"] == 0 for r in sources)
     wrong = [r for r in sources if not r["correct"]]
-    conts = [r for r in recs if r["prefix_tokens"] > 0]
-    assert wrong and len(conts) == sum(1 for r in wrong for n in (5, 10, 20) if r["num_tokens"] > n)
+    conts = [r for r in recs if r["kind"] == "continuation"]
+    # every wrong source: a fresh sample (L = 0) and a continuation per prefix it is longer than
+    assert wrong and len(conts) == sum(1 for r in wrong for n in (0, 5, 10, 20) if n == 0 or r["num_tokens"] > n)
+    source_seeds = {r["seed"] for r in sources}
+    assert not source_seeds & {r["seed"] for r in conts}  # never the source's draws again
+    fresh = [r for r in conts if r["prefix_tokens"] == 0]
+    assert len(fresh) == len(wrong) and any(r["correct"] for r in fresh)  # L = 0 is not 0 by construction
     assert all(mode == "sequential" for _, mode, _, _ in llm.calls)
     calls = len(llm.calls)
     assert _main(argv) == 0 and len(llm.calls) == calls  # resumable too

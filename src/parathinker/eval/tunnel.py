@@ -1,12 +1,13 @@
 """The tunnel-vision experiment: continue sequentially from prefixes of the model's own wrong paths.
 
 1. ``source``: ``samples`` sequential runs per problem (seeds as in the runner), text kept.
-2. ``continue``: for every wrong source path longer than L tokens and each L in the prefix
+2. ``continue``: for every wrong source path longer than L tokens and each L in 0 + the prefix
    lengths (100..1600 by default), the prompt ``llm.format_prompt(question) + first L tokens``
-   is sent untouched (``raw=True``) and decoded sequentially (budget ``max_path_tokens - L``);
-   the continuation's own final answer is graded.
-The curve: accuracy at L = 0 is the fresh-sample accuracy on the problems that have a wrong
-path; at L > 0 it is the accuracy of continuations. The paper's finding: it falls as L grows.
+   is sent untouched (``raw=True``) and decoded sequentially (budget ``max_path_tokens - L``)
+   with a seed of its own (``continuation_seed``: never the source's, or L = 0 would replay the
+   wrong path); the continuation's own final answer is graded.
+The curve: accuracy of the continuations per L. At L = 0 (an empty prefix) that is a fresh sample
+on the problems the model got wrong once; the paper's finding: it falls as L grows.
 
 Cutting at L tokens uses ``llm.tokenizer`` (encode/decode) when the LLM has one; otherwise the
 path's text is cut at the same fraction of characters (L / num_tokens of the path).
@@ -31,9 +32,21 @@ from .settings import EvalSettings, RunPlan, check_run_settings
 TUNNEL_LOG = "tunnel.jsonl"
 
 
+CONTINUATION_SEED_OFFSET = 1_000_000_007  # continuation seeds live far from every source seed
+
+
+def record_kind(rec: Record) -> str:
+    """``source`` (a fresh sequential run) or ``continuation`` (decoded from a source's prefix)."""
+    return str(rec.get("kind") or ("source" if int(rec["prefix_tokens"]) == 0 else "continuation"))
+
+
 def tunnel_key(rec: Record) -> Hashable:
-    """Identity of a tunnel record: problem, source sample, prefix length (0 = the source run)."""
-    return (rec["benchmark"], str(rec["id"]), int(rec["sample"]), int(rec["prefix_tokens"]))
+    """Identity of a tunnel record: problem, source sample, prefix length, kind."""
+    return (rec["benchmark"], str(rec["id"]), int(rec["sample"]), int(rec["prefix_tokens"]), record_kind(rec))
+
+
+def continuation_seed(source_seed: int) -> int:
+    return source_seed + CONTINUATION_SEED_OFFSET
 
 
 def cut_prefix(text: str, num_tokens: int, n: int, tokenizer: Any = None) -> str:
@@ -49,7 +62,7 @@ def cut_prefix(text: str, num_tokens: int, n: int, tokenizer: Any = None) -> str
 def _source_record(pr: Problem, s: int, seed: int, out: Any, wall: float) -> Record:
     path = out.paths[0]
     ex = extract_answer(path.text)
-    return {"benchmark": pr.benchmark, "id": pr.id, "sample": s, "prefix_tokens": 0, "seed": seed,
+    return {"benchmark": pr.benchmark, "id": pr.id, "sample": s, "prefix_tokens": 0, "kind": "source", "seed": seed,
             "gold": pr.answer, "answer": ex.answer, "correct": pr.check(ex.answer),
             "num_tokens": int(path.num_tokens), "finish": path.finish_reason, "text": path.text,
             "wall_time": wall}
@@ -75,7 +88,7 @@ def _sources(llm: GenerateLLM, mine: Sequence[Problem], plan: RunPlan, settings:
              log: AppendLog, progress: bool) -> int:
     pp = settings.parallel("sequential", 1)
     todo = [(s, pr) for s in range(plan.samples) for pr in mine
-            if (pr.benchmark, pr.id, s, 0) not in log.done]
+            if (pr.benchmark, pr.id, s, 0, "source") not in log.done]
     for s0 in tqdm(range(0, len(todo), plan.batch_size), desc="tunnel: source paths", disable=not progress):
         chunk = todo[s0 : s0 + plan.batch_size]
         for s in sorted({s for s, _ in chunk}):
@@ -94,10 +107,12 @@ def _continuations(llm: GenerateLLM, mine: Sequence[Problem], plan: RunPlan, set
     by_key = {(pr.benchmark, pr.id): pr for pr in mine}
     tok = getattr(llm, "tokenizer", None)
     jobs: dict[int, list[tuple[Problem, Record]]] = defaultdict(list)
-    for src in [r for r in log.records if r["prefix_tokens"] == 0 and not r["correct"]]:
+    lengths = sorted({0, *plan.tunnel_prefixes})
+    for src in [r for r in log.records if record_kind(r) == "source" and not r["correct"]]:
         pr = by_key.get((src["benchmark"], str(src["id"])))
-        for n in plan.tunnel_prefixes:
-            if pr is not None and src["num_tokens"] > n and (pr.benchmark, pr.id, src["sample"], n) not in log.done:
+        for n in lengths:
+            key = (src["benchmark"], str(src["id"]), src["sample"], n, "continuation")
+            if pr is not None and (n == 0 or src["num_tokens"] > n) and key not in log.done:
                 jobs[n].append((pr, src))
     total = sum(len(v) for v in jobs.values())
     bar = tqdm(total=total, desc="tunnel: continuations", disable=not progress)
@@ -106,8 +121,9 @@ def _continuations(llm: GenerateLLM, mine: Sequence[Problem], plan: RunPlan, set
         pp.max_path_tokens = max(1, pp.max_path_tokens - n)
         for k in range(0, len(items), plan.batch_size):
             chunk = items[k : k + plan.batch_size]
-            for seed in sorted({src["seed"] for _, src in chunk}):
-                part = [(pr, src) for pr, src in chunk if src["seed"] == seed]
+            for src_seed in sorted({src["seed"] for _, src in chunk}):
+                part = [(pr, src) for pr, src in chunk if src["seed"] == src_seed]
+                seed = continuation_seed(src_seed)
                 prompts = [llm.format_prompt(settings.prompt(pr.problem))  # type: ignore[attr-defined]
                            + cut_prefix(src["text"], src["num_tokens"], n, tok) for pr, src in part]
                 t0 = time.perf_counter()
@@ -117,7 +133,8 @@ def _continuations(llm: GenerateLLM, mine: Sequence[Problem], plan: RunPlan, set
                     path = o.paths[0]
                     ex = extract_answer(path.text)
                     log.append({"benchmark": pr.benchmark, "id": pr.id, "sample": src["sample"],
-                                "prefix_tokens": n, "seed": seed, "gold": pr.answer, "answer": ex.answer,
+                                "prefix_tokens": n, "kind": "continuation", "seed": seed, "gold": pr.answer,
+                                "answer": ex.answer,
                                 "correct": pr.check(ex.answer),
                                 "num_tokens": int(path.num_tokens), "finish": path.finish_reason,
                                 "wall_time": wall})
@@ -127,11 +144,9 @@ def _continuations(llm: GenerateLLM, mine: Sequence[Problem], plan: RunPlan, set
 
 
 def tunnel_curve(records: Sequence[Record]) -> list[dict[str, Any]]:
-    """Accuracy (percent) and count per prefix length; L = 0 over problems that have a wrong path."""
-    wrong_problems = {(r["benchmark"], str(r["id"])) for r in records if r["prefix_tokens"] == 0 and not r["correct"]}
+    """Accuracy (percent) and count of the continuations per prefix length (L = 0: fresh samples)."""
     groups: dict[int, list[bool]] = defaultdict(list)
     for r in records:
-        if r["prefix_tokens"] == 0 and (r["benchmark"], str(r["id"])) not in wrong_problems:
-            continue
-        groups[int(r["prefix_tokens"])].append(bool(r["correct"]))
+        if record_kind(r) == "continuation":
+            groups[int(r["prefix_tokens"])].append(bool(r["correct"]))
     return [{"prefix_tokens": n, "accuracy": 100.0 * sum(v) / len(v), "n": len(v)} for n, v in sorted(groups.items())]
