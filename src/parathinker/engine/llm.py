@@ -100,14 +100,19 @@ class LLM:
     # ------------------------------------------------------------------ generate
     def generate(
         self,
-        prompts: str | Sequence[str],
+        prompts: str | Sequence[str | Sequence[int]],
         parallel: ParallelParams | None = None,
         sampling: SamplingParams | None = None,
         *,
         raw: bool = False,
         progress: bool = False,
     ) -> list[RequestOutput]:
-        """Think in parallel about each prompt; all requests decode together."""
+        """Think in parallel about each prompt; all requests decode together.
+
+        A prompt is a question (formatted with the chat template and instruction unless ``raw``),
+        chat messages, or a list of token ids used as is (e.g. a formatted prompt plus a forced
+        start of the answer, without a text round trip).
+        """
         if isinstance(prompts, str):
             prompts = [prompts]
         parallel, sampling = self._resolve(parallel, sampling)
@@ -115,7 +120,9 @@ class LLM:
         specs = []
         for i, p in enumerate(prompts):
             sp = sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + i)
-            specs.append(RequestSpec(self.encode_prompt(p, raw), parallel, sp, prefix))
+            ids = list(p) if _is_token_ids(p) else self.encode_prompt(p, raw)  # type: ignore[arg-type]
+            specs.append(RequestSpec(ids, parallel, sp, prefix))
+        prompts = [self._decode(p) if _is_token_ids(p) else p for p in prompts]  # type: ignore[arg-type]
         if not progress:
             reqs = self.engine.run(specs)
         elif len(specs) > 1:
@@ -242,3 +249,7 @@ def _set_threads(threads: int | str | None, model: torch.nn.Module) -> None:
     if n < 1:
         raise ConfigError(f"threads must be >= 1 or auto, got {threads}")
     torch.set_num_threads(n)
+
+
+def _is_token_ids(p: object) -> bool:
+    return isinstance(p, (list, tuple)) and len(p) > 0 and all(isinstance(x, int) for x in p)

@@ -2,15 +2,17 @@
 
 1. ``source``: ``samples`` sequential runs per problem (seeds as in the runner), text kept.
 2. ``continue``: for every wrong source path longer than L tokens and each L in 0 + the prefix
-   lengths (100..1600 by default), the prompt ``llm.format_prompt(question) + first L tokens``
-   is sent untouched (``raw=True``) and decoded sequentially (budget ``max_path_tokens - L``)
+   lengths (100..1600 by default), the prompt's token ids + the path's first L tokens are sent
+   as ids (with an LLM that has no tokenizer: ``format_prompt(question)`` + the text cut, raw)
+   and decoded sequentially (budget ``max_path_tokens - L``)
    with a seed of its own (``continuation_seed``: never the source's, or L = 0 would replay the
    wrong path); the continuation's own final answer is graded.
 The curve: accuracy of the continuations per L. At L = 0 (an empty prefix) that is a fresh sample
 on the problems the model got wrong once; the paper's finding: it falls as L grows.
 
-Cutting at L tokens uses ``llm.tokenizer`` (encode/decode) when the LLM has one; otherwise the
-path's text is cut at the same fraction of characters (L / num_tokens of the path).
+Cutting at L tokens uses ``llm.tokenizer`` when the LLM has one; otherwise the path's text is cut
+at the same fraction of characters (L / num_tokens of the path). Joining texts would be wrong for
+word-level tokenizers: "... to 42" + "T1 46" reads "42T1".
 """
 
 from __future__ import annotations
@@ -124,10 +126,15 @@ def _continuations(llm: GenerateLLM, mine: Sequence[Problem], plan: RunPlan, set
             for src_seed in sorted({src["seed"] for _, src in chunk}):
                 part = [(pr, src) for pr, src in chunk if src["seed"] == src_seed]
                 seed = continuation_seed(src_seed)
-                prompts = [llm.format_prompt(settings.prompt(pr.problem))  # type: ignore[attr-defined]
-                           + cut_prefix(src["text"], src["num_tokens"], n, tok) for pr, src in part]
                 t0 = time.perf_counter()
-                outs = llm.generate(prompts, pp, settings.sampling(seed), raw=True)
+                if tok is not None and hasattr(llm, "encode_prompt"):  # token ids: no text boundary to get wrong
+                    ids = [llm.encode_prompt(settings.prompt(pr.problem))
+                           + list(tok.encode(src["text"], add_special_tokens=False))[:n] for pr, src in part]
+                    outs = llm.generate(ids, pp, settings.sampling(seed))
+                else:
+                    prompts = [llm.format_prompt(settings.prompt(pr.problem))  # type: ignore[attr-defined]
+                               + cut_prefix(src["text"], src["num_tokens"], n, tok) for pr, src in part]
+                    outs = llm.generate(prompts, pp, settings.sampling(seed), raw=True)
                 wall = time.perf_counter() - t0
                 for (pr, src), o in zip(part, outs):
                     path = o.paths[0]
