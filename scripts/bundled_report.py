@@ -1,19 +1,21 @@
 """Tables and the accuracy-vs-P plot of the bundled model's evaluation (scripts/eval_bundled.sh).
 
-    python scripts/bundled_report.py runs/bundled_eval [--doc docs/bundled-model.md]
+    python scripts/bundled_report.py runs/bundled_eval [--doc README.md --doc docs/bundled-model.md]
 
 Reads the run folders written by ``parathinker eval`` under RUN_ROOT (pt, pt_long, pt_last, pt_half,
-pt_reprefill, pt_no_te, pt_flat, and seq/tunnel when a sequential model was evaluated; missing
+pt_reprefill, pt_no_te, pt_flat, and seq/seq_2b/seq_4b/tunnel when a sequential model was evaluated; missing
 ones are skipped), computes every number from the sample logs
 with the harness's own metrics (pass@1 with bootstrap 95% intervals over problems), and writes
 RUN_ROOT/bundled_report.md and RUN_ROOT/accuracy_vs_paths.png. With ``--doc FILE`` the Markdown is
-also put between ``<!-- bundled-table:begin -->`` and ``<!-- bundled-table:end -->`` in FILE and
-the plot copied to ``docs/img/``. Nothing is typed by hand.
+also put between ``<!-- bundled-table:begin -->`` and ``<!-- bundled-table:end -->`` in FILE
+(repeatable: README.md and docs/bundled-model.md) and the plot copied to ``docs/img/``. Nothing is
+typed by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -109,12 +111,15 @@ def build(root: Path) -> tuple[str, dict[str, Any]]:
     lines.append("| method | " + " | ".join(f"P={p}" for p in PS) + " |")
     lines.append("|---" * (len(PS) + 1) + "|")
     series: dict[str, list[CellMetrics | None]] = {}
+    long_seq = {1: cell(seq, "sequential", 1), 2: cell(load(root, "seq_2b"), "sequential-long", 1),
+                4: cell(load(root, "seq_4b"), "sequential-long", 1), 8: cell(seq, "sequential-long", 1)}
     rows = [
-        ("one sequential path, budget B (ParaThinker@1)", [cell(pt, "parathinker", 1)] * len(PS)),
-        ("one sequential path, budget 8B", [cell(long_, "parathinker", 1)] * len(PS)),
-        ("majority@P over the model's own P paths", [cell(votes, "paths-majority", p) for p in PS]),
-        ("sequential model (--sequential), budget B", [cell(seq, "sequential", 1)] * len(PS)),
+        ("sequential model, budget B", [cell(seq, "sequential", 1)] * len(PS)),
+        ("sequential model, budget P x B", [long_seq[p] for p in PS]),
         ("sequential model, majority@P", [cell(seq, "majority", p) for p in PS]),
+        ("ParaThinker model, one path, budget B (ParaThinker@1)", [cell(pt, "parathinker", 1)] * len(PS)),
+        ("ParaThinker model, one path, budget 8B", [cell(long_, "parathinker", 1)] * len(PS)),
+        ("ParaThinker model, majority@P over its own P paths", [cell(votes, "paths-majority", p) for p in PS]),
         ("**ParaThinker@P**", [cell(pt, "parathinker", p) for p in PS]),
     ]
     for name, cs in rows:
@@ -124,10 +129,11 @@ def build(root: Path) -> tuple[str, dict[str, Any]]:
     lines.append("")
     summary: dict[str, Any] = {}
     mine = pt_r.get(("parathinker", 8))
-    for label, other in (("one path (budget B)", pt_r.get(("parathinker", 1))),
-                         ("majority@8 over its own paths", vote_r.get(("paths-majority", 8))),
-                         ("the sequential model", seq_r.get(("sequential", 1))),
-                         ("the sequential model's majority@8", seq_r.get(("majority", 8)))):
+    for label, other in (("the sequential model (budget B)", seq_r.get(("sequential", 1))),
+                         ("the sequential model's majority@8", seq_r.get(("majority", 8))),
+                         ("the sequential model with budget 8B", seq_r.get(("sequential-long", 1))),
+                         ("its own one path (budget B)", pt_r.get(("parathinker", 1))),
+                         ("majority@8 over its own paths", vote_r.get(("paths-majority", 8)))):
         if mine and other:
             d, lo, hi = paired_diff(mine, other)
             summary[label] = d
@@ -170,7 +176,7 @@ def build(root: Path) -> tuple[str, dict[str, Any]]:
     curve = tunnel_curve(trecs) if trecs else []
     if curve:
         lines += ["Tunnel vision (sequential model; it continues its own wrong path from its first L tokens; "
-                  "L = 0: a fresh sample on the same problems):", "",
+                  "L = 0: a fresh sample; n: problems where its first sample was wrong):", "",
                   "| prefix L (tokens) | " + " | ".join(str(t["prefix_tokens"]) for t in curve) + " |",
                   "|---" * (len(curve) + 1) + "|",
                   "| accuracy | " + " | ".join(f"{t['accuracy']:.1f}" for t in curve) + " |",
@@ -178,13 +184,21 @@ def build(root: Path) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines), {"series": series, "summary": summary, "tunnel": curve}
 
 
-def plot(out: Path, series: dict[str, list[CellMetrics | None]]) -> Path:
+def plot(out: Path, series: dict[str, list[CellMetrics | None]], tunnel: list[dict[str, Any]]) -> Path:
+    """Accuracy vs P per method (left) and, when measured, the tunnel-vision curve (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if tunnel:
+        fig, (ax, tv) = plt.subplots(1, 2, figsize=(11.5, 4.6), gridspec_kw={"width_ratios": [1.5, 1]})
+        tv.plot([t["prefix_tokens"] for t in tunnel], [t["accuracy"] for t in tunnel], "o-", color="C3")
+        tv.set(xlabel="forced prefix of its own wrong path (tokens)", ylabel="accuracy (%)",
+               title="tunnel vision (sequential model)", ylim=(0, max(10.0, 1.2 * max(t["accuracy"] for t in tunnel))))
+        tv.grid(alpha=0.3)
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name, cs in series.items():
         pts = [(p, c) for p, c in zip(PS, cs) if c is not None]
         if not pts:
@@ -192,7 +206,7 @@ def plot(out: Path, series: dict[str, list[CellMetrics | None]]) -> Path:
         xs = [p for p, _ in pts]
         ys = [c.pass1 for _, c in pts]
         err = np.array([[c.pass1 - c.pass1_ci[0], c.pass1_ci[1] - c.pass1] for _, c in pts]).T
-        style = "--" if name.startswith(("one sequential", "sequential")) else "-"
+        style = "--" if name.startswith("sequential") else "-"
         ax.errorbar(xs, ys, yerr=err, marker="o", linestyle=style, capsize=3, label=name.replace("*", ""))
     tops = [c.pass1_ci[1] for cs in series.values() for c in cs if c is not None]
     ax.set_ylim(0, max(10.0, 1.1 * max(tops, default=0.0)))
@@ -213,23 +227,27 @@ def plot(out: Path, series: dict[str, list[CellMetrics | None]]) -> Path:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", help="the OUT folder of scripts/eval_bundled.sh")
-    ap.add_argument("--doc", help="Markdown file with the bundled-table markers to update")
+    ap.add_argument("--doc", action="append", default=[],
+                    help="Markdown file with the bundled-table markers to update (repeatable)")
+    ap.add_argument("--img", default="docs/img/bundled_accuracy_vs_paths.png", help="where --doc's plot is copied")
     a = ap.parse_args(argv)
     root = Path(a.root)
     text, data = build(root)
-    png = plot(root, data["series"])
+    png = plot(root, data["series"], data["tunnel"])
     (root / "bundled_report.md").write_text(text + "\n")
     if a.doc:
-        doc = Path(a.doc)
-        img = doc.parent / "img" / "bundled_accuracy_vs_paths.png"
+        img = Path(a.img)
         img.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(png, img)
+    for name in a.doc:
+        doc = Path(name)
         body = doc.read_text()
         if BEGIN not in body or END not in body:
             raise SystemExit(f"{doc}: no {BEGIN} ... {END} markers")
         head, rest = body.split(BEGIN, 1)
         _, tail = rest.split(END, 1)
-        block = f"{BEGIN}\n{text}\n![accuracy vs P](img/{img.name})\n{END}"
+        link = os.path.relpath(img, doc.parent)
+        block = f"{BEGIN}\n{text}\n![accuracy vs P and tunnel vision]({link})\n{END}"
         doc.write_text(head + block + tail)
     print(text)
     print(f"plot: {png}")
