@@ -28,6 +28,10 @@ ev() { local out=$1; shift; echo "== $out: $*"; /usr/bin/time -f "   $out: %e s"
     if [ -n "$SEQ" ]; then
         ev seq --model "$SEQ" --method sequential,sequential-long,majority --paths 1,2,4,8 --max-path-tokens 128 \
             --sequential-max-tokens 1024
+        for k in 2 4; do  # one sequential path with k x the budget (8 x is sequential-long above)
+            ev "seq_${k}b" --model "$SEQ" --method sequential-long --paths 1 --max-path-tokens 128 \
+                --sequential-max-tokens $((128 * k))
+        done
         ev tunnel --model "$SEQ" --tunnel-vision --tunnel-prefixes 4,8,16,24,32 --max-path-tokens 128
     fi
 ) &
