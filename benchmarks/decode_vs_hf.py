@@ -7,6 +7,7 @@ prompt (its batched path step); transformers expands the prompt P times and deco
 with its dynamic cache. Steps are forced to the same count (EOS ignored on both sides).
 
     python benchmarks/decode_vs_hf.py --model smollm2 --paths 1,4,8 --tokens 64
+    python benchmarks/decode_vs_hf.py --model smollm2 --paths 8 --prompt-tokens 2048   # a long shared prompt
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ CLOCK = time.perf_counter  # --clock process: CPU time of this process (robust o
 PROMPT = "Explain step by step why the sum of the first n odd numbers is n squared."
 
 
-def engine_step_ms(llm: LLM, P: int, tokens: int) -> float:
+def engine_step_ms(llm: LLM, prompt_ids: list[int], P: int, tokens: int) -> float:
     def run(n: int) -> float:
         pp = ParallelParams(mode="majority", num_paths=P, max_path_tokens=n)
         t = CLOCK()
-        out = llm.generate([PROMPT], pp, SamplingParams(temperature=0.8, top_p=0.95, seed=0, ignore_eos=True))[0]
+        out = llm.generate([prompt_ids], pp, SamplingParams(temperature=0.8, top_p=0.95, seed=0, ignore_eos=True))[0]
         assert all(p.num_tokens == n for p in out.paths)
         return CLOCK() - t
 
@@ -57,6 +58,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--paths", default="1,4,8")
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=0,
+                    help="a longer shared prompt: the question repeated and cut to this many tokens (0: the question)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -76,8 +79,12 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     llm = LLM(args.model, device=args.device, dtype=dtype, cache=CacheConfig(kv_cache_memory=1.0))
     hf = AutoModelForCausalLM.from_pretrained(str(llm.path), dtype=dtype).to(args.device).eval()
-    ids = torch.tensor([llm.encode_prompt(PROMPT)], device=args.device)
-    engine_step_ms(llm, 1, 4)  # warm-up both
+    prompt_ids = llm.encode_prompt(PROMPT)
+    if args.prompt_tokens:
+        body = llm.tokenizer.encode(" " + PROMPT, add_special_tokens=False)
+        prompt_ids = (prompt_ids + body * (args.prompt_tokens // len(body) + 1))[: args.prompt_tokens]
+    ids = torch.tensor([prompt_ids], device=args.device)
+    engine_step_ms(llm, prompt_ids, 1, 4)  # warm-up both
     hf_step_ms(hf, ids, 1, 4)
     rows = []
     print(f"model {llm.path.name}, prompt {ids.shape[1]} tokens, {args.tokens} decode steps, "
@@ -86,7 +93,7 @@ def main() -> None:
     for P in [int(x) for x in args.paths.split(",")]:
         e, h = [], []
         for _ in range(args.repeats):
-            e.append(engine_step_ms(llm, P, args.tokens))
+            e.append(engine_step_ms(llm, prompt_ids, P, args.tokens))
             h.append(hf_step_ms(hf, ids, P, args.tokens))
         em, hm = statistics.median(e), statistics.median(h)
         ratio = statistics.median(b / a for a, b in zip(e, h))

@@ -177,7 +177,7 @@ def main() -> None:
     ap.add_argument("--summary-lens", default="1024,4096,16384")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers generate")
     ap.add_argument("--hf-max-context", type=int, default=4096)
-    ap.add_argument("--attention", default="auto", choices=["auto", "reference", "triton"])
+    ap.add_argument("--attention", default="auto", choices=["auto", "reference", "triton", "cascade"])
     ap.add_argument("--kv-gib", type=float, default=None)
     ap.add_argument("--work", default="/tmp/parathinker-bench-models")
     ap.add_argument("--out", required=True)

@@ -114,3 +114,110 @@ class TritonDecode:
         kv[1].index_copy_(0, self.slot_mapping, v[:, 0].to(kv.dtype))
         out = decode_attention(q[:, 0], kv[0], kv[1], self.classes, self.row_entries, self.page_size)
         return out[:, None]  # (B, 1, H, hd)
+
+
+class PagedCascade:
+    """Decode steps (one new token per row) in plain torch, reading a shared prompt once per request.
+
+    The engine's default decode attention where the Triton kernel does not run (the CPU). Rows
+    whose first run is a prompt their siblings read too (the P paths or samples of a request)
+    form a *group*: the prompt's K/V are gathered once per group and all its rows' queries attend
+    to them in one batched product; every row's other runs (its own tokens; a summary's paths) are
+    its private part. The two partial softmaxes are merged exactly by their log-sum-exp. The
+    reference backend instead gathers the prompt once per row, P times per step.
+    """
+
+    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, groups: tuple | None,
+                 private: tuple, num_rows: int):
+        self.cache = cache
+        self.slot_mapping = slot_mapping  # (B,)
+        # (keys: a slice of the pool or (NG, S) slots, valid (NG, S) or None, rows (NG, Q), row_valid (NG, Q))
+        self.groups = groups
+        self.private = private  # (slots (B, W), valid (B, W))
+        self.num_rows = num_rows
+
+    @classmethod
+    def for_chunks(cls, cache: torch.Tensor, chunks, device: torch.device) -> PagedCascade:  # noqa: ANN001
+        by_prompt: dict[int, list[int]] = {}
+        for b, c in enumerate(chunks):
+            if c.shared_prefix and c.reads[0].length:
+                by_prompt.setdefault(id(c.reads[0]), []).append(b)
+        groups = None
+        if by_prompt:
+            runs = [chunks[rows[0]].reads[0] for rows in by_prompt.values()]
+            rows, row_valid = _padded(list(by_prompt.values()))
+            first, n = runs[0].slot_list[0], runs[0].length
+            if len(runs) == 1 and runs[0].slot_list[-1] == first + n - 1:  # one prompt in consecutive pages: a view
+                keys: slice | torch.Tensor = slice(first, first + n)
+                valid = None
+            else:
+                keys, valid = (t.to(device) for t in _padded([r.slot_list for r in runs]))
+            groups = (keys, valid, rows.to(device), row_valid.to(device))
+        per_row: list[list[int]] = []
+        for c in chunks:
+            grouped = c.shared_prefix and c.reads[0].length
+            per_row.append([slot for r in (c.reads[1:] if grouped else c.reads) for slot in r.slot_list])
+        private = tuple(t.to(device) for t in _padded(per_row))
+        slot_mapping = torch.tensor([c.new_slots[0] for c in chunks], dtype=torch.long, device=device)
+        return cls(cache, slot_mapping, groups, private, len(chunks))
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        kv = self.cache[layer]  # (2, slots, KVH, hd)
+        kv[0].index_copy_(0, self.slot_mapping, k[:, 0].to(kv.dtype))
+        kv[1].index_copy_(0, self.slot_mapping, v[:, 0].to(kv.dtype))
+        B, _, H, D = q.shape
+        KVH = kv.shape[2]
+        G = H // KVH
+        qf = q[:, 0].float().view(B, KVH, G, D) * D**-0.5
+        # private part: (B, KVH, G, W) against each row's own keys
+        slots, valid = self.private
+        keys, vals = kv[0][slots].float(), kv[1][slots].float()  # (B, W, KVH, D)
+        s = torch.einsum("bkgd,bwkd->bkgw", qf, keys).masked_fill(~valid[:, None, None, :], float("-inf"))
+        out, lse = _partial(s, vals, "bkgw,bwkd->bkgd")
+        if self.groups is not None:
+            g_keys, g_valid, g_rows, g_rvalid = self.groups
+            if isinstance(g_keys, slice):  # read in place
+                keys, vals = kv[0][g_keys][None].float(), kv[1][g_keys][None].float()
+            else:  # (NG, S, KVH, D): gathered once per group, not once per row
+                keys, vals = kv[0][g_keys].float(), kv[1][g_keys].float()
+            qg = qf[g_rows.clamp_min(0)]  # (NG, Q, KVH, G, D)
+            s = torch.einsum("nqkgd,nskd->nqkgs", qg, keys)
+            if g_valid is not None:
+                s = s.masked_fill(~g_valid[:, None, None, None, :], float("-inf"))
+            o2, l2 = _partial(s, vals, "nqkgs,nskd->nqkgd")
+            rows = g_rows[g_rvalid]  # each row is in at most one group
+            out, lse = _merge(out, lse, o2[g_rvalid], l2[g_rvalid], rows)
+        return out.to(q.dtype).reshape(B, 1, H, D)
+
+
+def _padded(lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged int lists -> (N, max_len) long (padding 0) and its validity mask."""
+    n = max(1, max((len(x) for x in lists), default=0))
+    lens = torch.tensor([len(x) for x in lists])
+    flat = torch.tensor(list(chain.from_iterable(lists)), dtype=torch.long)
+    valid = torch.arange(n)[None, :] < lens[:, None]
+    out = torch.zeros(len(lists), n, dtype=torch.long)
+    out[valid] = flat
+    return out, valid
+
+
+def _partial(scores: torch.Tensor, values: torch.Tensor, eq: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax-weighted values over the last axis of ``scores`` and its log-sum-exp (-inf: no key)."""
+    m = scores.amax(-1, keepdim=True)
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    p = torch.exp(scores - m)
+    total = p.sum(-1)
+    out = torch.einsum(eq, p, values) / total.clamp_min(1e-30)[..., None]
+    return out, torch.log(total) + m[..., 0]
+
+
+def _merge(out: torch.Tensor, lse: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor, rows: torch.Tensor):  # noqa: ANN202
+    """Combine the rows' partials (out, lse: (B, KVH, G[, D])) with o2, l2 of ``rows``."""
+    a, b = lse[rows], l2
+    m = torch.maximum(a, b)
+    wa, wb = torch.exp(a - m), torch.exp(b - m)
+    out = out.clone()
+    lse = lse.clone()
+    out[rows] = (out[rows] * wa[..., None] + o2 * wb[..., None]) / (wa + wb)[..., None]
+    lse[rows] = m + torch.log(wa + wb)
+    return out, lse

@@ -22,7 +22,7 @@ class CacheConfig:
     num_pages: int | None = field(default=None, metadata={"help": "exact page count (overrides the budget)"})
     attention: str = field(
         default="auto",
-        metadata={"help": "decode attention: auto (triton on CUDA), reference (explicit mask), triton"},
+        metadata={"help": "decode attention: auto (triton on CUDA, cascade elsewhere), triton, cascade (torch: shared prompt read once per request), reference (explicit mask)"},
     )
     cuda_graphs: bool = field(
         default=True,
@@ -39,8 +39,8 @@ class CacheConfig:
             raise ConfigError(f"kv_cache_memory must be > 0 GiB, got {self.kv_cache_memory}")
         if self.num_pages is not None and self.num_pages < 2:
             raise ConfigError(f"num_pages must be >= 2, got {self.num_pages}")
-        if self.attention not in ("auto", "reference", "triton"):
-            raise ConfigError(f"attention must be auto, reference or triton, got {self.attention!r}")
+        if self.attention not in ("auto", "reference", "triton", "cascade"):
+            raise ConfigError(f"attention must be auto, triton, cascade or reference, got {self.attention!r}")
         if self.max_graph_batch < 1:
             raise ConfigError(f"max_graph_batch must be >= 1, got {self.max_graph_batch}")
 

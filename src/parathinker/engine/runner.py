@@ -8,7 +8,7 @@ from itertools import chain
 import torch
 
 from ..model import ParaThinkerForCausalLM
-from .attention import PagedReference, build_metadata, triton_available
+from .attention import PagedCascade, PagedReference, build_metadata, triton_available
 from .block_manager import Run
 from .kv_cache import CacheConfig, KVCache
 
@@ -56,6 +56,11 @@ class ModelRunner:
             pos[b, :n] = torch.tensor(c.positions)
             seg[b, :n] = torch.tensor(c.segments)
         dev = self.device
+        if self.decode_backend == "cascade" and T == 1 and all(c.visibility is None for c in chunks):
+            attn = PagedCascade.for_chunks(self.kv.data, chunks, dev)
+            hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
+            self.num_forwards += 1
+            return self.model.logits(hidden[:, 0])
         meta = build_metadata(
             [c.new_slots for c in chunks],
             [chain.from_iterable(r.slot_list for r in c.reads) for c in chunks],
@@ -72,9 +77,9 @@ class ModelRunner:
 
 
 def resolve_backend(name: str, device: torch.device) -> str:
-    """``auto``: the Triton decode kernel on CUDA when Triton is installed, else the reference."""
+    """``auto``: the Triton decode kernel on CUDA when Triton is installed, else the torch cascade."""
     if name == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "reference"
+        return "triton" if device.type == "cuda" and triton_available() else "cascade"
     if name == "triton" and not triton_available():
         from ..errors import ConfigError
 
