@@ -1,8 +1,10 @@
 """Time per decode step: the parathinker engine vs transformers generate(num_return_sequences=P).
 
-Both run the same model in the same process, interleaved, on the same prompt; each reported
-number is the median of --repeats runs, and the speed-up is the median of the per-repeat
-ratios (each ratio from two runs back to back, so a busy machine slows both sides alike). The engine decodes P samples that share one prefilled
+Both run the same model in the same process, interleaved, on the same prompt. A run's number is
+the median of its decode steps' times (stamped by the engine's step callback and by a
+transformers stopping criterion; prefill excluded, bursts of noise from a shared machine
+filtered); each reported number is the median of --repeats runs, and the speed-up is the median
+of the per-repeat ratios (each from two runs back to back). The engine decodes P samples that share one prefilled
 prompt (its batched path step); transformers expands the prompt P times and decodes the batch
 with its dynamic cache. Steps are forced to the same count (EOS ignored on both sides).
 
@@ -28,29 +30,35 @@ PROMPT = "Explain step by step why the sum of the first n odd numbers is n squar
 
 
 def engine_step_ms(llm: LLM, prompt_ids: list[int], P: int, tokens: int) -> float:
-    def run(n: int) -> float:
-        pp = ParallelParams(mode="majority", num_paths=P, max_path_tokens=n)
-        t = CLOCK()
-        out = llm.generate([prompt_ids], pp, SamplingParams(temperature=0.8, top_p=0.95, seed=0, ignore_eos=True))[0]
-        assert all(p.num_tokens == n for p in out.paths)
-        return CLOCK() - t
+    """Median time of the engine's decode steps (one batched forward + sampling each) in one run."""
+    from parathinker.engine.sequence import RequestSpec
 
-    return 1000 * (run(tokens) - run(1)) / (tokens - 1)  # same accounting as transformers below
+    pp = ParallelParams(mode="majority", num_paths=P, max_path_tokens=tokens)
+    spec = RequestSpec(list(prompt_ids), pp, SamplingParams(temperature=0.8, top_p=0.95, seed=0, ignore_eos=True), [])
+    stamps: list[float] = []
+    (req,) = llm.engine.run([spec], on_step=lambda active: stamps.append(CLOCK()))
+    assert all(len(s.body) == tokens for s in req.seqs)
+    return 1000 * statistics.median(b - a for a, b in zip(stamps, stamps[1:]))  # prefill excluded
 
 
-def hf_step_ms(hf, ids: torch.Tensor, P: int, tokens: int) -> float:
-    def run(n: int) -> float:
-        if ids.device.type == "cuda":
-            torch.cuda.synchronize()
-        t = CLOCK()
-        with torch.inference_mode():
-            hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.8, top_p=0.95,
-                        num_return_sequences=P, max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
-        if ids.device.type == "cuda":
-            torch.cuda.synchronize()
-        return CLOCK() - t
+def hf_step_ms(hf, ids: torch.Tensor, P: int, tokens: int) -> float:  # noqa: ANN001
+    """Median time of transformers' decode steps (between two calls of its stopping criteria) in one run."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
 
-    return 1000 * (run(tokens) - run(1)) / (tokens - 1)
+    stamps: list[float] = []
+
+    class Stamp(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001, ANN003
+            if ids.device.type == "cuda":
+                torch.cuda.synchronize()
+            stamps.append(CLOCK())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    with torch.inference_mode():
+        hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.8, top_p=0.95,
+                    num_return_sequences=P, max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=0,
+                    stopping_criteria=StoppingCriteriaList([Stamp()]))
+    return 1000 * statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
 
 
 def main() -> None:

@@ -124,7 +124,9 @@ class PagedCascade:
     form a *group*: the prompt's K/V are gathered once per group and all its rows' queries attend
     to them in one batched product; every row's other runs (its own tokens; a summary's paths) are
     its private part. The two partial softmaxes are merged exactly by their log-sum-exp. The
-    reference backend instead gathers the prompt once per row, P times per step.
+    reference backend instead gathers the prompt once per row, P times per step. A step with no
+    group (one path, or summaries only) is one fused SDPA call over each row's keys (read in place
+    when a single row's slots are consecutive).
     """
 
     def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, groups: tuple | None,
@@ -142,6 +144,8 @@ class PagedCascade:
         for b, c in enumerate(chunks):
             if c.shared_prefix and c.reads[0].length:
                 by_prompt.setdefault(id(c.reads[0]), []).append(b)
+        by_prompt = {key: rows for key, rows in by_prompt.items() if len(rows) > 1}  # a group of one shares nothing
+        grouped_rows = {b for rows in by_prompt.values() for b in rows}
         groups = None
         if by_prompt:
             runs = [chunks[rows[0]].reads[0] for rows in by_prompt.values()]
@@ -153,11 +157,13 @@ class PagedCascade:
             else:
                 keys, valid = (t.to(device) for t in _padded([r.slot_list for r in runs]))
             groups = (keys, valid, rows.to(device), row_valid.to(device))
-        per_row: list[list[int]] = []
-        for c in chunks:
-            grouped = c.shared_prefix and c.reads[0].length
-            per_row.append([slot for r in (c.reads[1:] if grouped else c.reads) for slot in r.slot_list])
-        private = tuple(t.to(device) for t in _padded(per_row))
+        per_row = [[slot for r in (c.reads[1:] if b in grouped_rows else c.reads) for slot in r.slot_list]
+                   for b, c in enumerate(chunks)]
+        if len(per_row) == 1 and per_row[0][-1] == per_row[0][0] + len(per_row[0]) - 1:
+            private: tuple = (slice(per_row[0][0], per_row[0][-1] + 1), None)  # one row, consecutive slots
+        else:
+            slots, valid = _padded(per_row)
+            private = (slots.to(device), None if bool(valid.all()) else valid.to(device))
         slot_mapping = torch.tensor([c.new_slots[0] for c in chunks], dtype=torch.long, device=device)
         return cls(cache, slot_mapping, groups, private, len(chunks))
 
@@ -168,12 +174,21 @@ class PagedCascade:
         B, _, H, D = q.shape
         KVH = kv.shape[2]
         G = H // KVH
+        slots, valid = self.private
+        if isinstance(slots, slice):
+            keys, vals = kv[0][slots][None], kv[1][slots][None]  # (1, W, KVH, D), in place
+        else:
+            keys, vals = kv[0][slots], kv[1][slots]  # (B, W, KVH, D)
+        if self.groups is None:  # nothing shared: one fused attention call
+            bias = None if valid is None else torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(
+                ~valid, float("-inf"))[:, None, None, :]
+            return sdpa(q, keys, vals, bias)
         qf = q[:, 0].float().view(B, KVH, G, D) * D**-0.5
         # private part: (B, KVH, G, W) against each row's own keys
-        slots, valid = self.private
-        keys, vals = kv[0][slots].float(), kv[1][slots].float()  # (B, W, KVH, D)
-        s = torch.einsum("bkgd,bwkd->bkgw", qf, keys).masked_fill(~valid[:, None, None, :], float("-inf"))
-        out, lse = _partial(s, vals, "bkgw,bwkd->bkgd")
+        s = torch.einsum("bkgd,bwkd->bkgw", qf, keys.float())
+        if valid is not None:
+            s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+        out, lse = _partial(s, vals.float(), "bkgw,bwkd->bkgd")
         if self.groups is not None:
             g_keys, g_valid, g_rows, g_rvalid = self.groups
             if isinstance(g_keys, slice):  # read in place
