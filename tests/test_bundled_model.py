@@ -14,15 +14,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from parathinker import LLM, ParallelParams, SamplingParams
 from parathinker.assets import DEFAULT_MODEL, SEQUENTIAL_MODEL, default_model_dir
 from parathinker.eval.benchmarks import pathfind_default
+from parathinker.tasks.pathfind.problem import Problem, verify
 
 N, P, SEED = 100, 4, 1234
 BUDGET = dict(max_path_tokens=128, summary_max_tokens=48)
+README_PROBLEM = ("graph : 19 > 72 , 73 > 48 , 77 > 49 , 96 > 98 , 52 > 73 , 52 > 77 , 19 > 26 , 62 > 96 , 77 > 62 , "
+                  "35 > 45 , 93 > 10 , 48 > 57 , 49 > 51 , 48 > 93 , 52 > 35 , 45 > 19 ; find path 52 to 57")
 # the comparison the issue asks for, in accuracy / 100 (measured margins: 0.36 and 0.23)
 MARGIN_SEQUENTIAL, MARGIN_MAJORITY = 0.20, 0.10
 
@@ -82,12 +86,24 @@ def test_parathinker_format(pt_run: tuple[float, list], problems: list) -> None:
     assert sum("\\boxed{" in (o.summary.text or "") for o in outs) >= 0.95 * N
 
 
-def test_generate_cli_default_model(problems: list) -> None:
-    q = problems[0].problem
-    r = subprocess.run([sys.executable, "-m", "parathinker.cli", "generate", q, "--seed", "0", "--paths", "2"],
+def test_generate_cli_default_model_solves_the_readme_problem() -> None:
+    """The README's first command: no --model, the checkpoint's defaults (P = 8, First-Finish)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    q = README_PROBLEM
+    assert f'parathinker generate "{q}" --seed 0' in readme
+    assert verify(Problem.from_json(parse_problem(q)), "52 73 48 57")
+    r = subprocess.run([sys.executable, "-m", "parathinker", "generate", q, "--seed", "0"],
                        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "path 1" in r.stdout and "path 2" in r.stdout and "summary" in r.stdout and "answer:" in r.stdout
+    assert all(f"path {i}" in r.stdout for i in range(1, 9)) and "summary" in r.stdout
+    assert "answer: 52 73 48 57" in r.stdout, r.stdout[-1500:]
+
+
+def parse_problem(prompt: str) -> dict:
+    """``graph : a > b , ... ; find path s to g`` -> Problem.from_json's dict."""
+    graph, ask = prompt.removeprefix("graph : ").split(" ; find path ")
+    start, goal = ask.split(" to ")
+    return {"start": start, "goal": goal, "edges": [e.split(" > ") for e in graph.split(" , ")]}
 
 
 def test_parathinker_beats_sequential_and_majority(seq_llm: LLM, problems: list, pt_run: tuple[float, list]) -> None:
