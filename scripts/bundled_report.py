@@ -176,7 +176,7 @@ def build(root: Path) -> tuple[str, dict[str, Any]]:
     curve = tunnel_curve(trecs) if trecs else []
     if curve:
         lines += ["Tunnel vision (sequential model; it continues its own wrong path from its first L tokens; "
-                  "L = 0: a fresh sample; n: problems where its first sample was wrong):", "",
+                  "L = 0: a fresh sample; n: its wrong samples, over problems x seeds):", "",
                   "| prefix L (tokens) | " + " | ".join(str(t["prefix_tokens"]) for t in curve) + " |",
                   "|---" * (len(curve) + 1) + "|",
                   "| accuracy | " + " | ".join(f"{t['accuracy']:.1f}" for t in curve) + " |",

@@ -4,14 +4,14 @@
 # one CPU thread each.
 #
 #   scripts/eval_bundled.sh [PT_MODEL] [TEST_JSONL] [OUT] [SEQ_MODEL]
-#   env: N (problems, default 500), SAMPLES (seeds per problem, default 1), BATCH (default 100)
+#   env: N (problems, default 500), SAMPLES (seeds per problem, default 3), BATCH (default 100)
 set -euo pipefail
 PT=${1:-src/parathinker/assets/default}
 TEST=${2:-runs/bundled_work/data/test.jsonl}
 OUT=${3:-runs/bundled_eval}
 SEQ=${4:-src/parathinker/assets/sequential}
 N=${N:-500}
-SAMPLES=${SAMPLES:-1}
+SAMPLES=${SAMPLES:-3}
 BATCH=${BATCH:-100}
 export OMP_NUM_THREADS=1
 # the checkpoint's prompting defaults (parathinker.json): temperature 1, top_p 1, path budget 128, summary 48
