@@ -68,6 +68,12 @@ def _pad_rows(flat: torch.Tensor, lens: torch.Tensor, width: int) -> torch.Tenso
     return out
 
 
+def write_kv(kv: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Store the new tokens' k', v' ((..., KVH, hd), one per entry of ``slots``) in a layer's pool ``kv``."""
+    kv[0].index_copy_(0, slots.reshape(-1), k.reshape(-1, *k.shape[-2:]).to(kv.dtype))
+    kv[1].index_copy_(0, slots.reshape(-1), v.reshape(-1, *v.shape[-2:]).to(kv.dtype))
+
+
 class PagedReference:
     """Write-then-gather attention over the pool ``cache`` ((layers, 2, slots, KVH, hd))."""
 
@@ -77,9 +83,7 @@ class PagedReference:
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         kv = self.cache[layer]  # (2, slots, KVH, hd)
-        flat = self.meta.slot_mapping.reshape(-1)
-        kv[0].index_copy_(0, flat, k.reshape(-1, *k.shape[2:]).to(kv.dtype))
-        kv[1].index_copy_(0, flat, v.reshape(-1, *v.shape[2:]).to(kv.dtype))
+        write_kv(kv, self.meta.slot_mapping, k, v)
         keys = kv[0][self.meta.kv_slots]  # (B, S, KVH, hd)
         values = kv[1][self.meta.kv_slots]
         return sdpa(q, keys, values, self.meta.bias)
@@ -110,8 +114,7 @@ class TritonDecode:
         from .triton_decode import decode_attention
 
         kv = self.cache[layer]  # (2, slots, KVH, hd)
-        kv[0].index_copy_(0, self.slot_mapping, k[:, 0].to(kv.dtype))
-        kv[1].index_copy_(0, self.slot_mapping, v[:, 0].to(kv.dtype))
+        write_kv(kv, self.slot_mapping, k, v)
         out = decode_attention(q[:, 0], kv[0], kv[1], self.classes, self.row_entries, self.page_size)
         return out[:, None]  # (B, 1, H, hd)
 
@@ -129,27 +132,22 @@ class PagedCascade:
     when a single row's slots are consecutive).
     """
 
-    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, groups: tuple | None,
-                 private: tuple, num_rows: int):
+    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, groups: tuple | None, private: tuple):
         self.cache = cache
         self.slot_mapping = slot_mapping  # (B,)
         # (keys: a slice of the pool or (NG, S) slots, valid (NG, S) or None, rows (NG, Q), row_valid (NG, Q))
         self.groups = groups
-        self.private = private  # (slots (B, W), valid (B, W))
-        self.num_rows = num_rows
+        self.private = private  # (slots (B, W) or a slice, valid (B, W) or None)
 
     @classmethod
     def for_chunks(cls, cache: torch.Tensor, chunks, device: torch.device) -> PagedCascade:  # noqa: ANN001
-        by_prompt: dict[int, list[int]] = {}
-        for b, c in enumerate(chunks):
-            if c.shared_prefix and c.reads[0].length:
-                by_prompt.setdefault(id(c.reads[0]), []).append(b)
-        by_prompt = {key: rows for key, rows in by_prompt.items() if len(rows) > 1}  # a group of one shares nothing
-        grouped_rows = {b for rows in by_prompt.values() for b in rows}
+        from .graph_runner import Plan  # the grouping rule the Triton path uses (import here: no cycle)
+
+        plan = Plan.from_chunks(chunks, max_rows=len(chunks))  # groups of >= 2 rows; everything else single
         groups = None
-        if by_prompt:
-            runs = [chunks[rows[0]].reads[0] for rows in by_prompt.values()]
-            rows, row_valid = _padded(list(by_prompt.values()))
+        if plan.shared:
+            runs = [run for run, _ in plan.shared]
+            rows, row_valid = _padded([list(r) for _, r in plan.shared])
             first, n = runs[0].slot_list[0], runs[0].length
             if len(runs) == 1 and runs[0].slot_list[-1] == first + n - 1:  # one prompt in consecutive pages: a view
                 keys: slice | torch.Tensor = slice(first, first + n)
@@ -157,20 +155,20 @@ class PagedCascade:
             else:
                 keys, valid = (t.to(device) for t in _padded([r.slot_list for r in runs]))
             groups = (keys, valid, rows.to(device), row_valid.to(device))
-        per_row = [[slot for r in (c.reads[1:] if b in grouped_rows else c.reads) for slot in r.slot_list]
-                   for b, c in enumerate(chunks)]
+        per_row: list[list[int]] = [[] for _ in chunks]
+        for run, r in plan.single:
+            per_row[r].extend(run.slot_list)
         if len(per_row) == 1 and per_row[0][-1] == per_row[0][0] + len(per_row[0]) - 1:
             private: tuple = (slice(per_row[0][0], per_row[0][-1] + 1), None)  # one row, consecutive slots
         else:
             slots, valid = _padded(per_row)
             private = (slots.to(device), None if bool(valid.all()) else valid.to(device))
         slot_mapping = torch.tensor([c.new_slots[0] for c in chunks], dtype=torch.long, device=device)
-        return cls(cache, slot_mapping, groups, private, len(chunks))
+        return cls(cache, slot_mapping, groups, private)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         kv = self.cache[layer]  # (2, slots, KVH, hd)
-        kv[0].index_copy_(0, self.slot_mapping, k[:, 0].to(kv.dtype))
-        kv[1].index_copy_(0, self.slot_mapping, v[:, 0].to(kv.dtype))
+        write_kv(kv, self.slot_mapping, k, v)
         B, _, H, D = q.shape
         KVH = kv.shape[2]
         G = H // KVH
@@ -189,19 +187,18 @@ class PagedCascade:
         if valid is not None:
             s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
         out, lse = _partial(s, vals.float(), "bkgw,bwkd->bkgd")
-        if self.groups is not None:
-            g_keys, g_valid, g_rows, g_rvalid = self.groups
-            if isinstance(g_keys, slice):  # read in place
-                keys, vals = kv[0][g_keys][None].float(), kv[1][g_keys][None].float()
-            else:  # (NG, S, KVH, D): gathered once per group, not once per row
-                keys, vals = kv[0][g_keys].float(), kv[1][g_keys].float()
-            qg = qf[g_rows.clamp_min(0)]  # (NG, Q, KVH, G, D)
-            s = torch.einsum("nqkgd,nskd->nqkgs", qg, keys)
-            if g_valid is not None:
-                s = s.masked_fill(~g_valid[:, None, None, None, :], float("-inf"))
-            o2, l2 = _partial(s, vals, "nqkgs,nskd->nqkgd")
-            rows = g_rows[g_rvalid]  # each row is in at most one group
-            out, lse = _merge(out, lse, o2[g_rvalid], l2[g_rvalid], rows)
+        g_keys, g_valid, g_rows, g_rvalid = self.groups
+        if isinstance(g_keys, slice):  # read in place
+            keys, vals = kv[0][g_keys][None].float(), kv[1][g_keys][None].float()
+        else:  # (NG, S, KVH, D): gathered once per group, not once per row
+            keys, vals = kv[0][g_keys].float(), kv[1][g_keys].float()
+        qg = qf[g_rows.clamp_min(0)]  # (NG, Q, KVH, G, D)
+        s = torch.einsum("nqkgd,nskd->nqkgs", qg, keys)
+        if g_valid is not None:
+            s = s.masked_fill(~g_valid[:, None, None, None, :], float("-inf"))
+        o2, l2 = _partial(s, vals, "nqkgs,nskd->nqkgd")
+        rows = g_rows[g_rvalid]  # each row is in at most one group
+        out, lse = _merge(out, lse, o2[g_rvalid], l2[g_rvalid], rows)
         return out.to(q.dtype).reshape(B, 1, H, D)
 
 

@@ -44,7 +44,8 @@ class ModelRunner:
     def forward(self, chunks: list[Chunk]) -> torch.Tensor:
         """One batched forward; the logits (B, V) of each chunk's last token (valid until the next forward)."""
         B, T = len(chunks), max(len(c.tokens) for c in chunks)
-        if self.decoder is not None and T == 1 and all(c.visibility is None for c in chunks):
+        decode = T == 1 and all(c.visibility is None for c in chunks)  # one new token per row, causal
+        if self.decoder is not None and decode:
             self.num_forwards += 1
             return self.decoder.run(chunks)
         ids = torch.zeros(B, T, dtype=torch.long)
@@ -56,7 +57,7 @@ class ModelRunner:
             pos[b, :n] = torch.tensor(c.positions)
             seg[b, :n] = torch.tensor(c.segments)
         dev = self.device
-        if self.decode_backend == "cascade" and T == 1 and all(c.visibility is None for c in chunks):
+        if self.decode_backend == "cascade" and decode:
             attn = PagedCascade.for_chunks(self.kv.data, chunks, dev)
             hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
             self.num_forwards += 1
