@@ -1,5 +1,5 @@
 """Engine speed on a model of a given shape (random weights): decode ms/step vs P and context, with
-CUDA graphs on and off, transformers `generate` side by side, the bandwidth floor, sustained
+CUDA graphs and the fused decode forward on and off, transformers `generate` side by side, the bandwidth floor, sustained
 tokens/s of many concurrent requests, and summary time-to-first-token with KV reuse vs re-prefill.
 Writes JSON + a PNG under --out; a measurement that fails is recorded (its error in the JSON) and
 the run goes on.
@@ -151,13 +151,22 @@ def measure(label: str, key: dict, fn, *fargs) -> dict:  # noqa: ANN001
     return row
 
 
-def set_graphs(llm, on: bool) -> bool:  # noqa: ANN001
-    """Switch the engine's CUDA graphs on/off; False when there is no graph path (reference attention, CPU)."""
+def variants(llm, graphs: str, fused: str) -> list[tuple[bool, bool]]:  # noqa: ANN001
+    """(graphs, fused) pairs to measure; graphs only where there is a graph path (CUDA + triton)."""
     dec = llm.engine.runner.decoder
-    if dec is None:
-        return False
-    dec.use_graphs = on and dec.device.type == "cuda" and dec.error is None
-    return dec.use_graphs
+    g = {"on": [True], "off": [False], "both": [True, False]}[graphs]
+    if dec is None or dec.device.type != "cuda":
+        g = [False]
+    f = {"on": [True], "off": [False], "both": [True, False]}[fused]
+    return [(a, b) for a in g for b in f]
+
+
+def set_variant(llm, graphs: bool, fused: bool) -> None:  # noqa: ANN001
+    llm.engine.runner.set_decode(fused=fused, cuda_graphs=graphs)
+
+
+def vlabel(graphs: bool, fused: bool) -> str:
+    return f"{'graphs' if graphs else 'eager'}{'+fused' if fused else ''}"
 
 
 def main() -> None:
@@ -170,6 +179,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--graphs", default="both", choices=["on", "off", "both"],
                     help="CUDA graphs for decode steps: measure with them, without, or both (CUDA + triton only)")
+    ap.add_argument("--fused", default="on", choices=["on", "off", "both"],
+                    help="the fused decode forward (fused GEMMs + norm/RoPE/KV-write/SiLU/merge kernels) on, off, or both")
     ap.add_argument("--multi", default="32x8", help="concurrent requests x paths for the sustained tokens/s row ('' skips)")
     ap.add_argument("--multi-context", type=int, default=1024)
     ap.add_argument("--multi-steps", type=int, default=64)
@@ -194,9 +205,7 @@ def main() -> None:
     bw = copy_bandwidth(args.device)
     weight_bytes = sum(p.numel() * p.element_size() for p in llm.model.parameters())
     kv_tok = cfg.kv_bytes_per_token * torch.empty((), dtype=dtype).element_size()
-    modes = {"on": [True], "off": [False], "both": [True, False]}[args.graphs]
-    if not set_graphs(llm, True):
-        modes = [False]  # no graph path here: measure eager once
+    modes = variants(llm, args.graphs, args.fused)
     res: dict = dict(shape=args.shape, device=args.device, dtype=args.dtype, attention=llm.engine.runner.decode_backend,
                      copy_GBps=bw / 1e9, weight_GB=weight_bytes / 1e9, decode=[], multi=[], summary=[],
                      gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu")
@@ -213,7 +222,7 @@ def main() -> None:
     def save() -> None:  # after every row: a run cut short by a timeout keeps what it measured
         (out / "engine_bench.json").write_text(json.dumps(res, indent=2))
 
-    print(f"{'ctx':>6} {'P':>3} {'graphs':>6} {'engine ms':>10} {'HF ms':>8} {'floor ms':>9} {'roofline':>8}", flush=True)
+    print(f"{'ctx':>6} {'P':>3} {'variant':>13} {'engine ms':>10} {'HF ms':>8} {'floor ms':>9} {'roofline':>8}", flush=True)
     for ctx in [int(x) for x in args.contexts.split(",")]:
         for P in [int(x) for x in args.paths.split(",")]:
             floor = 1000 * (weight_bytes + kv_tok * (ctx + P * args.steps)) / bw
@@ -221,9 +230,9 @@ def main() -> None:
             if hf is not None and ctx <= args.hf_max_context:
                 h = measure("hf_ms", dict(context=ctx, P=P), hf_decode_ms, hf, P, ctx, args.steps, args.device)
                 res.setdefault("hf", []).append(h)
-            for g in modes:
-                set_graphs(llm, g)
-                row = measure("engine_ms", dict(context=ctx, P=P, graphs=g), decode_ms, llm, P, ctx, args.steps)
+            for g, f in modes:
+                set_variant(llm, g, f)
+                row = measure("engine_ms", dict(context=ctx, P=P, graphs=g, fused=f), decode_ms, llm, P, ctx, args.steps)
                 e = row["engine_ms"]
                 row.update(floor_ms=floor, hf_ms=h["hf_ms"] if h else None, roofline=floor / e if e else None)
                 res["decode"].append(row)
@@ -231,22 +240,23 @@ def main() -> None:
                 es = f"{e:10.2f}" if e is not None else "    failed"
                 hs = f"{h['hf_ms']:8.2f}" if h and h["hf_ms"] is not None else "       -"
                 rf = f"{floor / e:8.2f}" if e else "       -"
-                print(f"{ctx:>6} {P:>3} {'on' if g else 'off':>6} {es} {hs} {floor:>9.3f} {rf}", flush=True)
+                print(f"{ctx:>6} {P:>3} {vlabel(g, f):>13} {es} {hs} {floor:>9.3f} {rf}", flush=True)
     if args.multi:
         n_req, P = (int(x) for x in args.multi.lower().split("x"))
         ctx, steps = args.multi_context, args.multi_steps
         floor = 1000 * (weight_bytes + kv_tok * (n_req * ctx + n_req * P * steps / 2)) / bw  # mid-run own KV
-        print(f"{'reqs x P':>9} {'graphs':>6} {'step ms':>8} {'tok/s':>9} {'e2e tok/s':>10} {'roofline':>8}", flush=True)
-        for g in modes:
-            set_graphs(llm, g)
-            row = measure("step_ms", dict(requests=n_req, P=P, graphs=g), multi_request, llm, n_req, P, ctx, steps)
+        print(f"{'reqs x P':>9} {'variant':>13} {'step ms':>8} {'tok/s':>9} {'e2e tok/s':>10} {'roofline':>8}", flush=True)
+        for g, f in modes:
+            set_variant(llm, g, f)
+            row = measure("step_ms", dict(requests=n_req, P=P, graphs=g, fused=f), multi_request, llm, n_req, P, ctx,
+                          steps)
             row.update(floor_ms=floor, roofline=floor / row["step_ms"] if row.get("step_ms") else None)
             res["multi"].append(row)
             save()
             if row["error"] is None:
-                print(f"{n_req:>4} x {P:<3} {'on' if g else 'off':>6} {row['step_ms']:8.2f} {row['tokens_per_s']:9.0f} "
+                print(f"{n_req:>4} x {P:<3} {vlabel(g, f):>13} {row['step_ms']:8.2f} {row['tokens_per_s']:9.0f} "
                       f"{row['end_to_end_tokens_per_s']:10.0f} {row['roofline']:8.2f}", flush=True)
-    set_graphs(llm, modes[0])
+    set_variant(llm, *modes[0])
     print(f"{'paths':>5} {'len':>6} {'reuse ms':>9} {'reprefill ms':>13}", flush=True)
     for P in [int(x) for x in args.summary_paths.split(",")]:
         for n in [int(x) for x in args.summary_lens.split(",")]:
@@ -280,11 +290,11 @@ def plot(res: dict, path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     ok = [r for r in res["decode"] if r.get("engine_ms") is not None]
     for ctx in sorted({r["context"] for r in res["decode"]}):
-        for g, style in ((True, "o-"), (False, "^--")):
-            rows = [r for r in ok if r["context"] == ctx and r["graphs"] == g]
+        for (g, f), style in (((True, True), "o-"), ((True, False), "^-"), ((False, True), "o--"), ((False, False), "^--")):
+            rows = [r for r in ok if r["context"] == ctx and r["graphs"] == g and r.get("fused", False) == f]
             if rows:
                 a.plot([r["P"] for r in rows], [r["engine_ms"] for r in rows], style,
-                       label=f"engine, graphs {'on' if g else 'off'}, ctx {ctx}")
+                       label=f"engine {vlabel(g, f)}, ctx {ctx}")
         rows = [r for r in res["decode"] if r["context"] == ctx]
         floors = {r["P"]: r["floor_ms"] for r in rows}
         a.plot(list(floors), list(floors.values()), ":", label=f"floor, ctx {ctx}")
@@ -300,7 +310,7 @@ def plot(res: dict, path: Path) -> None:
         b.plot([r["P"] for r in rows if r["reprefill_ms"] is not None],
                [r["reprefill_ms"] for r in rows if r["reprefill_ms"] is not None], "s--", label=f"re-prefill, {n}/path")
     multi = [r for r in res["multi"] if r.get("step_ms") is not None]
-    title = "; ".join(f"{r['requests']}x{r['P']} graphs {'on' if r['graphs'] else 'off'}: {r['tokens_per_s']:.0f} tok/s"
+    title = "; ".join(f"{r['requests']}x{r['P']} {vlabel(r['graphs'], r.get('fused', False))}: {r['tokens_per_s']:.0f} tok/s"
                       for r in multi)
     b.set(xlabel="paths P", ylabel="summary time to first token (ms)", xscale="log", yscale="log", title=title)
     b.title.set_fontsize(7)

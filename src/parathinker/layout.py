@@ -93,11 +93,18 @@ class PackedSequence:
 def visibility_from_kinds(kinds: Sequence[int]) -> torch.Tensor:
     """The two-phase mask from per-token kinds: causal, and paths blind to other paths."""
     k = torch.as_tensor(list(kinds), dtype=torch.long)
-    n = k.numel()
-    causal = torch.ones(n, n, dtype=torch.bool).tril()
-    q_kind, k_kind = k[:, None], k[None, :]
-    allowed = (k_kind == PROMPT) | (q_kind == SUMMARY) | (q_kind == k_kind)
-    return causal & allowed
+    return visibility_rows(k, 0, k.numel())
+
+
+def visibility_rows(kinds: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of ``visibility_from_kinds(kinds)`` over keys ``0:stop``: ``[stop - start, stop]`` bool.
+
+    On ``kinds``' device; a long sequence's mask is built a block of rows at a time, never ``[T, T]``.
+    """
+    k = kinds[:stop]
+    q = kinds[start:stop, None]
+    causal = torch.arange(stop, device=kinds.device)[None, :] <= torch.arange(start, stop, device=kinds.device)[:, None]
+    return causal & ((k[None, :] == PROMPT) | (q == SUMMARY) | (q == k[None, :]))
 
 
 def attention_bias(visible: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -29,17 +29,20 @@ class StepMetadata:
 def build_metadata(
     new_slots: list[list[int]],
     read_slots: list[Iterable[int]],
-    visibility: list[torch.Tensor | None],
+    kinds: list[torch.Tensor | None],
     device: torch.device,
     read_lens: list[int] | None = None,
 ) -> StepMetadata:
     """Rows read ``read_slots[b]`` (context, then their own new tokens, which end the list).
 
-    A new token j of row b sees every context key and the new tokens up to j (causal), or the
-    new tokens ``visibility[b][j]`` allows when given (the re-prefill of a packed sequence).
-    Built from two flat tensors and index arithmetic: no per-row tensor, so hundreds of rows cost
-    about as much as a few.
+    A new token j of row b sees every context key and the new tokens up to j (causal), or, when
+    ``kinds[b]`` is given (the re-prefill of a packed sequence: per-token kinds of the row's last
+    ``m`` keys, its new tokens last), what ``layout.visibility_rows`` allows among those ``m`` keys.
+    The index lists are built on the host from flat tensors (no per-row tensor: hundreds of rows
+    cost about as much as a few); the (B, 1, T, S) mask is built on ``device``.
     """
+    from ..layout import visibility_rows
+
     B = len(new_slots)
     n_new = torch.tensor([len(s) for s in new_slots])
     n_read = torch.tensor(read_lens if read_lens is not None else [len(s) for s in read_slots])  # type: ignore[arg-type]
@@ -49,13 +52,13 @@ def build_metadata(
     ctx = (n_read - n_new)[:, None]  # (B, 1)
     j = torch.arange(T)[None, :]
     limit = torch.where(j < n_new[:, None], ctx + j + 1, 1)  # padded queries see key 0 only (no NaN rows)
-    visible = torch.arange(S)[None, None, :] < limit[:, :, None]  # (B, T, S)
-    for b, vis in enumerate(visibility):
-        if vis is not None:
-            n, c = int(n_new[b]), int(ctx[b])
-            visible[b, :n, c : c + n] = vis
-    bias = torch.zeros(B, 1, T, S).masked_fill_(~visible[:, None], float("-inf"))
-    return StepMetadata(slot_mapping.to(device), kv_slots.to(device), bias.to(device))
+    visible = torch.arange(S, device=device)[None, None, :] < limit.to(device)[:, :, None]  # (B, T, S)
+    for b, kd in enumerate(kinds):
+        if kd is not None:
+            n, m, end = int(n_new[b]), len(kd), int(n_read[b])
+            visible[b, :n, end - m : end] = visibility_rows(kd.to(device), m - n, m)
+    bias = torch.zeros(B, 1, T, S, device=device).masked_fill_(~visible[:, None], float("-inf"))
+    return StepMetadata(slot_mapping.to(device), kv_slots.to(device), bias)
 
 
 def _pad_rows(flat: torch.Tensor, lens: torch.Tensor, width: int) -> torch.Tensor:
@@ -103,20 +106,28 @@ class TritonDecode:
     """
 
     def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, classes: list, row_entries: torch.Tensor,
-                 page_size: int):
+                 page_size: int, merge_kernel: bool = False):
         self.cache = cache
-        self.slot_mapping = slot_mapping.reshape(-1).long()  # (B,): padded rows -> slot 0
+        self.slot_mapping = slot_mapping.reshape(-1)  # (B,) int32: padded rows -> slot 0
+        self._slots = None  # the same as long, for index_copy_ (made on first use)
         self.classes = classes  # list[triton_decode.DecodeLists]
         self.row_entries = row_entries
         self.page_size = page_size
+        self.merge_kernel = merge_kernel  # merge the partials in one Triton launch (else the torch merge)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self._slots is None:
+            self._slots = self.slot_mapping.long()
+        write_kv(self.cache[layer], self._slots, k, v)
+        return self.attend(layer, q[:, 0])[:, None]  # (B, 1, H, hd)
+
+    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """q (B, H, hd) over the rows' lists, their new K/V already stored -> (B, H, hd)."""
         from .triton_decode import decode_attention
 
-        kv = self.cache[layer]  # (2, slots, KVH, hd)
-        write_kv(kv, self.slot_mapping, k, v)
-        out = decode_attention(q[:, 0], kv[0], kv[1], self.classes, self.row_entries, self.page_size)
-        return out[:, None]  # (B, 1, H, hd)
+        kv = self.cache[layer]
+        return decode_attention(q, kv[0], kv[1], self.classes, self.row_entries, self.page_size,
+                                merge_kernel=self.merge_kernel)
 
 
 class PagedCascade:
@@ -167,8 +178,13 @@ class PagedCascade:
         return cls(cache, slot_mapping, groups, private)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        write_kv(self.cache[layer], self.slot_mapping, k, v)
+        return self.attend(layer, q[:, 0])[:, None]
+
+    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """q (B, H, D), the rows' new K/V already stored -> (B, H, D)."""
         kv = self.cache[layer]  # (2, slots, KVH, hd)
-        write_kv(kv, self.slot_mapping, k, v)
+        q = q[:, None]
         B, _, H, D = q.shape
         KVH = kv.shape[2]
         G = H // KVH
@@ -180,7 +196,7 @@ class PagedCascade:
         if self.groups is None:  # nothing shared: one fused attention call
             bias = None if valid is None else torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(
                 ~valid, float("-inf"))[:, None, None, :]
-            return sdpa(q, keys, vals, bias)
+            return sdpa(q, keys, vals, bias)[:, 0]
         qf = q[:, 0].float().view(B, KVH, G, D) * D**-0.5
         # private part: (B, KVH, G, W) against each row's own keys
         s = torch.einsum("bkgd,bwkd->bkgw", qf, keys.float())
@@ -199,7 +215,7 @@ class PagedCascade:
         o2, l2 = _partial(s, vals, "nqkgs,nskd->nqkgd")
         rows = g_rows[g_rvalid]  # each row is in at most one group
         out, lse = _merge(out, lse, o2[g_rvalid], l2[g_rvalid], rows)
-        return out.to(q.dtype).reshape(B, 1, H, D)
+        return out.to(q.dtype).reshape(B, H, D)
 
 
 def _padded(lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -129,7 +129,7 @@ class Engine:
             for r in active:
                 self._advance(r)
             return
-        singles = [s for s in seqs if len(s.pending) == 1 and s.visibility is None]
+        singles = [s for s in seqs if len(s.pending) == 1 and s.kinds is None]
         groups = [[s] for s in seqs if s not in singles]
         if singles:
             groups.insert(0, singles)
@@ -167,6 +167,10 @@ class Engine:
             s.pending = [c.think_open[i - 1]]
             if req.spec.forced_paths is not None:
                 s.forced = list(req.spec.forced_paths[k])
+                if req.spec.prefill_forced:  # the body in the same chunk as <think i>; the close token stays forced
+                    body, s.forced = s.forced[:-1], s.forced[-1:]
+                    s.pending += body
+                    s.body, s.logprobs = list(body), [float("nan")] * len(body)
             req.seqs.append(s)
 
     def _new_seq(self, req: Request, kind, index: int, order: int, banned, end_ids) -> Seq:  # noqa: ANN001
@@ -192,7 +196,7 @@ class Engine:
             packed = pack(req.spec.prompt_ids, bodies, prefix, c, config=layout, close_summary=False)
             s = Seq(req, "reprefill", 0, 0, [own], own, 0, banned, frozenset(c.summary_end_ids()), budget)
             s.pending, s.pending_positions, s.pending_segments = packed.input_ids, packed.positions, packed.segment_ids
-            s.visibility = packed.visibility()
+            s.kinds = torch.tensor(packed.kinds)  # the layout builds its mask a block of rows at a time
             s.next_position, s.t0 = packed.positions[-1] + 1, len(packed)
         else:
             reads = [self.pool.share(req.prompt_run)] + [self.pool.share(p.own) for p in req.seqs] + [own]
@@ -247,13 +251,13 @@ class Engine:
             pos = [self._position(s, s.t + j) for j in range(n)]
             seg = [s.segment] * n
         # paths and samples read their request's prompt run first: a prefix shared with their siblings
-        chunk = Chunk(s.pending, pos, seg, slots, s.reads, s.visibility, shared_prefix=s.kind in ("path", "sample"))
+        chunk = Chunk(s.pending, pos, seg, slots, s.reads, s.kinds, shared_prefix=s.kind in ("path", "sample"))
         key = {"path": "path_tokens", "sample": "path_tokens"}.get(s.kind, "summary_tokens")
-        if s.kind == "reprefill" and s.visibility is not None:
+        if s.kind == "reprefill" and s.kinds is not None:
             key = "reprefill_tokens"  # the packed re-computation; the summary's own decoding counts as summary
         req.stats[key] += n
         s.t += n
-        s.pending, s.pending_positions, s.pending_segments, s.visibility = [], None, None, None
+        s.pending, s.pending_positions, s.pending_segments, s.kinds = [], None, None, None
         return chunk
 
     def _position(self, s: Seq, t: int) -> int:

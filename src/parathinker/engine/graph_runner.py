@@ -35,6 +35,7 @@ import torch
 
 from .attention import TritonDecode
 from .block_manager import Run
+from .fused import FusedDecoder
 from .triton_decode import DecodeLists
 
 log = logging.getLogger(__name__)
@@ -196,8 +197,8 @@ class DecodeState:
             self._copied = torch.cuda.Event()
             self._copied.record()
 
-    def attention(self, cache: torch.Tensor, page_size: int) -> TritonDecode:
-        return TritonDecode(cache, self.d["slot"], self.classes, self.d["entries"], page_size)
+    def attention(self, cache: torch.Tensor, page_size: int, merge_kernel: bool) -> TritonDecode:
+        return TritonDecode(cache, self.d["slot"], self.classes, self.d["entries"], page_size, merge_kernel)
 
 
 def _splits(programs: int, target: int, most: int) -> int:
@@ -221,9 +222,10 @@ class DecodeGraphs:
     """Decode forwards through per-bucket static buffers; CUDA graphs captured and replayed when enabled."""
 
     def __init__(self, model, cache: torch.Tensor, page_size: int, num_pages: int,  # noqa: ANN001 - the model
-                 use_graphs: bool, max_graph_batch: int):
+                 use_graphs: bool, max_graph_batch: int, fused: FusedDecoder | None = None):
         cfg = model.config
         self.model = model
+        self.fused = fused  # the fused decode forward (else the model's modular one)
         self.cache = cache
         self.page_size = page_size
         self.device = model.device
@@ -237,6 +239,14 @@ class DecodeGraphs:
         self.pool = None
         self.stats = dict(captures=0, replays=0, eager=0)
         self.error: str | None = None  # why graphs were switched off, if they were
+
+    def set_forward(self, fused: FusedDecoder | None) -> None:
+        """Decode through ``fused`` (None: the modular forward) from now on; captured graphs are dropped."""
+        self.fused = fused
+        for st in self.states.values():
+            if st.graph is not None:
+                st.graph.reset()
+            st.graph, st.out = None, None
 
     def run(self, chunks) -> torch.Tensor:  # noqa: ANN001 - list[runner.Chunk]
         """Logits (len(chunks), V) of one decode step (valid until the next decode step)."""
@@ -263,7 +273,9 @@ class DecodeGraphs:
         return self._forward(st)[:n]
 
     def _forward(self, st: DecodeState) -> torch.Tensor:
-        attn = st.attention(self.cache, self.page_size)
+        attn = st.attention(self.cache, self.page_size, merge_kernel=self.fused is not None)
+        if self.fused is not None:
+            return self.model.logits(self.fused.hidden(st.d["ids"], st.d["pos"], st.d["seg"], attn))
         hidden = self.model.hidden(st.d["ids"], st.d["pos"], st.d["seg"], attn)  # (B, 1, D)
         return self.model.logits(hidden[:, 0])  # (B, V) float32
 

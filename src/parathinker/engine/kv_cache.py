@@ -28,6 +28,11 @@ class CacheConfig:
         default=True,
         metadata={"help": "capture decode steps in CUDA graphs, one per batch bucket (CUDA + triton attention only)"},
     )
+    fused_decode: bool = field(
+        default=True,
+        metadata={"help": "decode steps through fused q|k|v and gate|up GEMMs and fused norm/RoPE/KV-write/SiLU/merge "
+                  "kernels (Triton with triton attention, torch twins otherwise); off: the model's modular forward"},
+    )
     max_graph_batch: int = field(
         default=256, metadata={"help": "largest decode batch run through a CUDA graph (larger ones run eagerly)"}
     )

@@ -184,12 +184,15 @@ class LLM:
         parallel: ParallelParams | None = None,
         *,
         raw: bool = False,
+        path_logprobs: bool = True,
     ) -> ScoreOutput:
         """Teacher-forced log-probs of ``prompt | paths | summary`` through the engine's own path.
 
         The prompt is prefilled once, the paths are decoded as one batch token by token, the
         summary reads their KV in place (or re-prefills, with ``mode="reprefill"``). Strings are
         tokenized (the prompt formatted as in ``generate`` unless ``raw``); id lists are used as is.
+        ``path_logprobs=False``: each path body goes in as one prefill chunk instead (fast for long
+        paths; the bodies' log-probs are NaN, their close tokens' and the summary's are computed).
         """
         c = self.control
         if c is None:
@@ -204,6 +207,7 @@ class LLM:
             prompt_ids, parallel, SamplingParams(temperature=0.0), [],
             forced_paths=[[*b, c.think_close[i]] for i, b in enumerate(bodies)],
             forced_summary=[*summary_ids, c.summary_close],
+            prefill_forced=not path_logprobs,
         )
         t0 = time.perf_counter()
         (req,) = self.engine.run([spec])

@@ -10,7 +10,10 @@ import torch
 from ..model import ParaThinkerForCausalLM
 from .attention import PagedCascade, PagedReference, build_metadata, triton_available
 from .block_manager import Run
+from .fused import FusedDecoder
 from .kv_cache import CacheConfig, KVCache
+
+MAX_MASK_ELEMENTS = 2**28  # a prefill's (rows x keys) mask stays under 1 GiB of float32; longer ones go in pieces
 
 
 @dataclass
@@ -22,7 +25,7 @@ class Chunk:
     segments: list[int]
     new_slots: list[int]
     reads: list[Run]  # the runs it reads, in order; its own run (holding the new tokens) last
-    visibility: torch.Tensor | None = None  # (n, n) bool among the new tokens; None = causal
+    kinds: torch.Tensor | None = None  # re-prefill: layout kinds of its last m >= n keys (new tokens last); None = causal
     shared_prefix: bool = False  # reads[0] is a prompt run its sibling sequences read too
 
 
@@ -33,18 +36,43 @@ class ModelRunner:
         self.kv = KVCache(model.config, cache_config, model.dtype, self.device)
         self.num_forwards = 0
         self.decode_backend = resolve_backend(cache_config.attention, self.device)
+        self.fused = None  # the decode forward with fused GEMMs/kernels (Triton ones with triton attention)
+        if cache_config.fused_decode:
+            self._make_fused()
         self.decoder = None  # decode steps through static per-bucket buffers (CUDA graphs on CUDA)
         if self.decode_backend == "triton":
             from .graph_runner import DecodeGraphs
 
             self.decoder = DecodeGraphs(model, self.kv.data, cache_config.page_size, self.kv.num_pages,
-                                        cache_config.cuda_graphs, cache_config.max_graph_batch)
+                                        cache_config.cuda_graphs, cache_config.max_graph_batch, self.fused)
+
+    def _make_fused(self) -> None:
+        fusable = isinstance(self.model, ParaThinkerForCausalLM)  # stand-in models (tests) keep their own hidden()
+        if fusable and self.decode_backend in ("triton", "cascade"):
+            self.fused = FusedDecoder(self.model, use_triton=self.decode_backend == "triton")
+
+    def set_decode(self, *, fused: bool | None = None, cuda_graphs: bool | None = None) -> None:
+        """Switch the fused forward and/or CUDA graphs (benchmarks compare them in one process).
+
+        Captured graphs are dropped when the forward changes. ``cuda_graphs`` only takes effect on
+        CUDA with triton attention where capture has not failed.
+        """
+        if fused is not None and fused != (self.fused is not None):
+            if fused:
+                self._make_fused()
+            else:
+                self.fused = None
+            if self.decoder is not None:
+                self.decoder.set_forward(self.fused)
+        if cuda_graphs is not None and self.decoder is not None:
+            dec = self.decoder
+            dec.use_graphs = cuda_graphs and dec.device.type == "cuda" and dec.error is None
 
     @torch.inference_mode()
     def forward(self, chunks: list[Chunk]) -> torch.Tensor:
         """One batched forward; the logits (B, V) of each chunk's last token (valid until the next forward)."""
         B, T = len(chunks), max(len(c.tokens) for c in chunks)
-        decode = T == 1 and all(c.visibility is None for c in chunks)  # one new token per row, causal
+        decode = T == 1 and all(c.kinds is None for c in chunks)  # one new token per row, causal
         if self.decoder is not None and decode:
             self.num_forwards += 1
             return self.decoder.run(chunks)
@@ -59,16 +87,22 @@ class ModelRunner:
         dev = self.device
         if self.decode_backend == "cascade" and decode:
             attn = PagedCascade.for_chunks(self.kv.data, chunks, dev)
-            hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
             self.num_forwards += 1
+            if self.fused is not None:
+                return self.model.logits(self.fused.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn))
+            hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
             return self.model.logits(hidden[:, 0])
-        meta = build_metadata(
-            [c.new_slots for c in chunks],
-            [chain.from_iterable(r.slot_list for r in c.reads) for c in chunks],
-            [c.visibility for c in chunks],
-            dev,
-            read_lens=[sum(r.length for r in c.reads) for c in chunks],
-        )
+        if B == 1 and T * (sum(r.length for r in chunks[0].reads)) > MAX_MASK_ELEMENTS:
+            return self._forward_long(chunks[0])
+        return self._forward_dense(chunks, ids, pos, seg)
+
+    def _forward_dense(self, chunks: list[Chunk], ids: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor,
+                       read_slots: list[list[int]] | None = None) -> torch.Tensor:
+        """Reference attention with an explicit mask; ``read_slots`` overrides what each row reads."""
+        dev, B = self.device, len(chunks)
+        if read_slots is None:
+            read_slots = [list(chain.from_iterable(r.slot_list for r in c.reads)) for c in chunks]
+        meta = build_metadata([c.new_slots for c in chunks], read_slots, [c.kinds for c in chunks], dev)
         attn = PagedReference(self.kv.data, meta)
         hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
         self.num_forwards += 1
@@ -76,7 +110,23 @@ class ModelRunner:
         last = hidden[torch.arange(B, device=dev), lengths - 1]  # (B, D)
         return self.model.logits(last)
 
+    def _forward_long(self, c: Chunk) -> torch.Tensor:
+        """One long chunk (a long prompt, a re-prefill) in pieces of rows, so no mask exceeds MAX_MASK_ELEMENTS.
 
+        Piece [a, b) writes its K/V and reads the context plus the chunk's tokens up to b (the
+        own run ends the read list, so that is a prefix of it); re-prefill kinds are cut to match.
+        """
+        slots = list(chain.from_iterable(r.slot_list for r in c.reads))
+        n = len(c.tokens)
+        ctx = len(slots) - n
+        rows = max(1, MAX_MASK_ELEMENTS // len(slots))
+        for a in range(0, n, rows):
+            b = min(n, a + rows)
+            piece = Chunk(c.tokens[a:b], c.positions[a:b], c.segments[a:b], c.new_slots[a:b], c.reads,
+                          None if c.kinds is None else c.kinds[:b])
+            t = [torch.tensor(x)[None] for x in (piece.tokens, piece.positions, piece.segments)]
+            logits = self._forward_dense([piece], *t, read_slots=[slots[: ctx + b]])
+        return logits
 def resolve_backend(name: str, device: torch.device) -> str:
     """``auto``: the Triton decode kernel on CUDA when Triton is installed, else the torch cascade."""
     if name == "auto":

@@ -25,6 +25,9 @@ class RequestSpec:
     summary_prefix_ids: list[int] = field(default_factory=list)
     forced_paths: list[list[int]] | None = None  # bodies + own close token, per path
     forced_summary: list[int] | None = None  # summary body + </summary>
+    # forced path bodies go in as one prefill chunk per path (their log-probs are not computed: NaN),
+    # not token by token: builds long paths fast (benchmarks of the summary's time to first token)
+    prefill_forced: bool = False
 
     @property
     def path_budget(self) -> int:
@@ -56,7 +59,7 @@ class Seq:
     pending: list[int] = field(default_factory=list)
     pending_positions: list[int] | None = None  # explicit positions (re-prefill chunk)
     pending_segments: list[int] | None = None
-    visibility: torch.Tensor | None = None
+    kinds: torch.Tensor | None = None  # layout kinds of the re-prefill chunk (its mask, built by the layout)
     t: int = 0
     body: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)

@@ -153,6 +153,7 @@ def decode_attention(
     row_entries: torch.Tensor,  # (R, K) int32, see row_entry_table
     page_size: int,
     block_n: int = 32,
+    merge_kernel: bool = False,
 ) -> torch.Tensor:  # (R, H, D)
     """Attention of each row's query over the union of the lists it appears in (exact softmax).
 
@@ -179,6 +180,10 @@ def decode_attention(
             num_warps=8 if block_qg >= 64 else 4,
         )
         parts.append((o_part, lse_part, Qmax))
+    if merge_kernel and len(parts) <= 2:
+        from .kernels import merge
+
+        return merge(parts, row_entries, G, q.dtype)
     return merge_partials(parts, row_entries, G).to(q.dtype)
 
 

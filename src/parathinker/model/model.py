@@ -156,6 +156,24 @@ class Decoder(nn.Module):
         return self.norm(x)
 
 
+def _fuse(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    with torch.no_grad():
+        w = torch.cat([lin.weight for lin in linears])
+        b = torch.cat([lin.bias for lin in linears]) if linears[0].bias is not None else None
+        start = 0
+        for lin in linears:
+            n = lin.weight.shape[0]
+            lin.weight.data = w[start : start + n]
+            if b is not None:
+                lin.bias.data = b[start : start + n]
+            start += n
+    return w, b
+
+
+def _fused_still(fused: tuple[torch.Tensor, torch.Tensor | None] | None, first: nn.Linear) -> bool:
+    return fused is not None and first.weight.data_ptr() == fused[0].data_ptr() and first.weight.device == fused[0].device
+
+
 class ParaThinkerForCausalLM(nn.Module):
     """Decoder + LM head. ``forward`` is the dense (training) entry; the engine calls ``hidden``."""
 
@@ -196,6 +214,20 @@ class ParaThinkerForCausalLM(nn.Module):
             attn_bias = torch.zeros(T, T, device=input_ids.device).masked_fill(~causal, float("-inf"))
             attn_bias = attn_bias.expand(B, 1, T, T)
         return self.logits(self.hidden(input_ids, positions, segment_ids, DenseAttention(attn_bias)))
+
+    def fuse_projections(self) -> None:
+        """Make q|k|v and gate|up one weight each; the separate parameters become row views of it.
+
+        For the engine's fused decode step (one GEMM each: ``self_attn.qkv``, ``mlp.gate_up``, as
+        (weight, bias) pairs). No extra memory, and the modular forward, the parameter names and
+        values are unchanged. Idempotent; fuses again if the parameters were moved since (``.to``).
+        """
+        for layer in self.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            if not _fused_still(a.__dict__.get("qkv"), a.q_proj):
+                a.qkv = _fuse([a.q_proj, a.k_proj, a.v_proj])
+            if not _fused_still(m.__dict__.get("gate_up"), m.gate_proj):
+                m.gate_up = _fuse([m.gate_proj, m.up_proj])
 
     def gradient_checkpointing_enable(self, **_: object) -> None:
         self.model.gradient_checkpointing = True

@@ -1,0 +1,246 @@
+"""Fused kernels of the decode step: few, small launches per layer instead of ~50.
+
+A decode step at batch 1-16 on a GPU is bound by how many kernels it launches, not by bytes: the
+modular forward spends ~50 launches per layer on RMSNorm, RoPE, thought embeddings, the K/V
+write, SiLU and a split merge. Here each of those is one kernel:
+
+    add_rmsnorm   residual add + RMSNorm (+ weight), one row per program
+    rope_write    RoPE of q and k, thought embedding added to k and v, k and v stored in their
+                  pool slots; q returned. One (row, head) per program
+    silu_mul      SiLU(gate) * up over the fused gate|up projection
+    merge         combine a row's flash-decoding partials (log-sum-exp weighted) into its output
+
+Every op has a torch twin with the same arithmetic as the modular model (``model/model.py``):
+the twin runs on the CPU (and is what the Triton versions are tested against in Triton's CPU
+interpreter); the Triton version runs on CUDA. Accumulation is float32 in both.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .attention import write_kv
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+    tl = None
+
+
+# ---------------------------------------------------------------- torch twins (CPU, and the oracle)
+def add_rmsnorm_torch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMSNorm(x + residual) * weight, x + residual); x (B, D). Same rounding as the modular model."""
+    r = x if residual is None else x + residual
+    rf = r.float()
+    y = (rf * torch.rsqrt(rf.pow(2).mean(-1, keepdim=True) + eps)).to(r.dtype)
+    return weight * y, r
+
+
+def rope_write_torch(qkv: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, inv_freq: torch.Tensor, scaling: float,
+                     seg_table: torch.Tensor | None, kv: torch.Tensor, slots: torch.Tensor,
+                     heads: int, kv_heads: int) -> torch.Tensor:
+    """q (B, H, hd) after RoPE; k' = RoPE(k + T[seg]) and v' = v + T[seg] stored at ``slots`` of ``kv``."""
+    B = qkv.shape[0]
+    hd = kv.shape[-1]
+    q, k, v = qkv.split([heads * hd, kv_heads * hd, kv_heads * hd], dim=-1)
+    q, k, v = q.view(B, heads, hd), k.view(B, kv_heads, hd), v.view(B, kv_heads, hd)
+    if seg_table is not None:
+        t = F.embedding(seg.reshape(-1).long(), seg_table)[:, None, :].to(k.dtype)
+        k, v = k + t, v + t
+    freqs = pos.reshape(-1)[:, None].float() * inv_freq  # (B, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
+    cos, sin = (emb.cos() * scaling).to(q.dtype), (emb.sin() * scaling).to(q.dtype)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    write_kv(kv, slots.reshape(-1).long(), k, v)
+    return q
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def silu_mul_torch(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+# ---------------------------------------------------------------- Triton
+if triton is not None:
+
+    @triton.jit
+    def _add_rmsnorm_kernel(X, R, W, OUT, ROUT, D, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        ok = cols < D
+        x = tl.load(X + row * D + cols, mask=ok, other=0.0)
+        if HAS_RES:
+            r = tl.load(R + row * D + cols, mask=ok, other=0.0)
+            x = (x.to(tl.float32) + r.to(tl.float32)).to(ROUT.dtype.element_ty)  # rounded like the model's add
+        tl.store(ROUT + row * D + cols, x, mask=ok)
+        xf = x.to(tl.float32)
+        rstd = tl.rsqrt(tl.sum(xf * xf, 0) / D + eps)
+        y = (xf * rstd).to(ROUT.dtype.element_ty)
+        w = tl.load(W + cols, mask=ok, other=0.0)
+        tl.store(OUT + row * D + cols, (w.to(tl.float32) * y.to(tl.float32)).to(OUT.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _rope_write_kernel(QKV, POS, SEG, INV_FREQ, SEGT, QOUT, KC, VC, SLOTS,
+                           stride_qkv, stride_ks, stride_kh, stride_vs, stride_vh, scaling,
+                           H: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr,
+                           HAS_SEG: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        h = tl.program_id(1)  # q heads 0..H-1, then kv heads
+        j = tl.arange(0, BLOCK)
+        ok = j < HALF
+        f = tl.load(POS + b).to(tl.float32) * tl.load(INV_FREQ + j, mask=ok, other=0.0)
+        cos = tl.cos(f) * scaling
+        sin = tl.sin(f) * scaling
+        row = QKV + b * stride_qkv
+        if h < H:
+            x1 = tl.load(row + h * 2 * HALF + j, mask=ok, other=0.0).to(tl.float32)
+            x2 = tl.load(row + h * 2 * HALF + HALF + j, mask=ok, other=0.0).to(tl.float32)
+            out = QOUT + (b * H + h) * 2 * HALF
+            tl.store(out + j, (x1 * cos - x2 * sin).to(QOUT.dtype.element_ty), mask=ok)
+            tl.store(out + HALF + j, (x2 * cos + x1 * sin).to(QOUT.dtype.element_ty), mask=ok)
+        else:
+            kh = h - H
+            k1 = tl.load(row + (H + kh) * 2 * HALF + j, mask=ok, other=0.0).to(tl.float32)
+            k2 = tl.load(row + (H + kh) * 2 * HALF + HALF + j, mask=ok, other=0.0).to(tl.float32)
+            v1 = tl.load(row + (H + KVH + kh) * 2 * HALF + j, mask=ok, other=0.0).to(tl.float32)
+            v2 = tl.load(row + (H + KVH + kh) * 2 * HALF + HALF + j, mask=ok, other=0.0).to(tl.float32)
+            if HAS_SEG:
+                s = tl.load(SEG + b).to(tl.int64)
+                t1 = tl.load(SEGT + s * 2 * HALF + j, mask=ok, other=0.0).to(tl.float32)
+                t2 = tl.load(SEGT + s * 2 * HALF + HALF + j, mask=ok, other=0.0).to(tl.float32)
+                k1, k2, v1, v2 = k1 + t1, k2 + t2, v1 + t1, v2 + t2
+            slot = tl.load(SLOTS + b).to(tl.int64)
+            kp = KC + slot * stride_ks + kh * stride_kh
+            vp = VC + slot * stride_vs + kh * stride_vh
+            tl.store(kp + j, (k1 * cos - k2 * sin).to(KC.dtype.element_ty), mask=ok)
+            tl.store(kp + HALF + j, (k2 * cos + k1 * sin).to(KC.dtype.element_ty), mask=ok)
+            tl.store(vp + j, v1.to(VC.dtype.element_ty), mask=ok)
+            tl.store(vp + HALF + j, v2.to(VC.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _silu_mul_kernel(GU, OUT, I, BLOCK: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ok = cols < I
+        g = tl.load(GU + b * 2 * I + cols, mask=ok, other=0.0).to(tl.float32)
+        u = tl.load(GU + b * 2 * I + I + cols, mask=ok, other=0.0).to(tl.float32)
+        tl.store(OUT + b * I + cols, (g / (1.0 + tl.exp(-g)) * u).to(OUT.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _merge_kernel(ENT, K, O0, L0, O1, L1, OUT, E0, SENT, KVH, S0, BQG0, Q0, S1, BQG1, Q1,
+                      G: tl.constexpr, D: tl.constexpr):
+        r = tl.program_id(0).to(tl.int64)
+        h = tl.program_id(1)
+        kvh = h // G
+        g = h % G
+        d = tl.arange(0, D)
+        m = tl.full((1,), float("-inf"), tl.float32)  # (1,): loop-carried like the loads it meets
+        den = tl.zeros((1,), tl.float32)
+        acc = tl.zeros((D,), tl.float32)
+        for k in range(K):
+            e = tl.load(ENT + r * K + k)
+            ev = e + d * 0  # the entry as a (D,) vector: vector masks (Triton's interpreter rejects scalar & vector)
+            # class 0 (shared lists): entry = list * Q0 + query slot
+            in0 = e < E0
+            e0 = tl.where(in0, e, 0)
+            for s in range(S0):
+                idx = (((e0 // Q0) * KVH + kvh) * S0 + s) * BQG0 + (e0 % Q0) * G + g
+                lse = tl.load(L0 + idx, mask=in0, other=float("-inf"))
+                o = tl.load(O0 + idx * D + d, mask=ev < E0, other=0.0)
+                m_new = tl.maximum(m, lse)
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                a = tl.exp(m - m_safe)
+                w = tl.exp(lse - m_safe)
+                acc = acc * a + o * w
+                den = den * a + w
+                m = m_new
+            # class 1 (single lists); the sentinel entry (= SENT) holds nothing
+            in1 = (e >= E0) & (e < SENT)
+            e1 = tl.where(in1, e - E0, 0)
+            for s in range(S1):
+                idx = (((e1 // Q1) * KVH + kvh) * S1 + s) * BQG1 + (e1 % Q1) * G + g
+                lse = tl.load(L1 + idx, mask=in1, other=float("-inf"))
+                o = tl.load(O1 + idx * D + d, mask=(ev >= E0) & (ev < SENT), other=0.0)
+                m_new = tl.maximum(m, lse)
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                a = tl.exp(m - m_safe)
+                w = tl.exp(lse - m_safe)
+                acc = acc * a + o * w
+                den = den * a + w
+                m = m_new
+        out = acc / tl.maximum(den, 1e-30)
+        tl.store(OUT + (r * (KVH * G) + h) * D + d, out.to(OUT.dtype.element_ty))
+
+
+# ---------------------------------------------------------------- entry points
+def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+                use_triton: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normed, new residual) of (B, D) rows; ``residual`` None: the first layer (residual = x)."""
+    if not use_triton:
+        return add_rmsnorm_torch(x, residual, weight, eps)
+    B, D = x.shape
+    out = torch.empty(B, D, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    res = torch.empty_like(x)
+    _add_rmsnorm_kernel[(B,)](x, residual if residual is not None else x, weight, out, res, D, eps,
+                              HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(D))
+    return out, res
+
+
+def rope_write(qkv: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, inv_freq: torch.Tensor, scaling: float,
+               seg_table: torch.Tensor | None, kv: torch.Tensor, slots: torch.Tensor, heads: int, kv_heads: int,
+               use_triton: bool) -> torch.Tensor:
+    """RoPE + thought embeddings + K/V store of one decode token per row; returns q (B, H, hd).
+
+    ``qkv`` (B, (H + 2 KVH) hd) from the fused projection; ``pos``/``seg``/``slots`` (B,) or (B, 1);
+    ``kv`` one layer's pool (2, slots, KVH, hd).
+    """
+    if not use_triton:
+        return rope_write_torch(qkv, pos, seg, inv_freq, scaling, seg_table, kv, slots, heads, kv_heads)
+    B = qkv.shape[0]
+    hd = kv.shape[-1]
+    q = torch.empty(B, heads, hd, dtype=qkv.dtype, device=qkv.device)
+    kc, vc = kv[0], kv[1]
+    _rope_write_kernel[(B, heads + kv_heads)](
+        qkv, pos, seg, inv_freq, seg_table if seg_table is not None else inv_freq, q, kc, vc, slots,
+        qkv.stride(0), kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1), scaling,
+        H=heads, KVH=kv_heads, HALF=hd // 2, BLOCK=triton.next_power_of_2(hd // 2), HAS_SEG=seg_table is not None,
+    )
+    return q
+
+
+def silu_mul(gate_up: torch.Tensor, use_triton: bool) -> torch.Tensor:
+    """SiLU(gate) * up of (B, 2I) = [gate | up] -> (B, I)."""
+    if not use_triton:
+        return silu_mul_torch(gate_up)
+    B, I2 = gate_up.shape
+    out = torch.empty(B, I2 // 2, dtype=gate_up.dtype, device=gate_up.device)
+    block = 1024
+    _silu_mul_kernel[(B, triton.cdiv(I2 // 2, block))](gate_up, out, I2 // 2, BLOCK=block)
+    return out
+
+
+def merge(parts: list[tuple[torch.Tensor, torch.Tensor, int]], row_entries: torch.Tensor, G: int,
+          dtype: torch.dtype) -> torch.Tensor:
+    """``triton_decode.merge_partials`` in one launch (one or two classes: shared lists, then single lists)."""
+    if len(parts) not in (1, 2):
+        raise ValueError(f"merge takes one or two classes of partials, got {len(parts)}")
+    (o0, l0, q0), (o1, l1, q1) = parts if len(parts) == 2 else ((parts[0][0], parts[0][1], 1), parts[0])
+    e0 = o0.shape[0] * q0 if len(parts) == 2 else 0
+    s0 = o0.shape[2] if len(parts) == 2 else 0
+    L1, KVH, S1, BQG1, D = o1.shape
+    R, K = row_entries.shape
+    out = torch.empty(R, KVH * G, D, dtype=dtype, device=o1.device)
+    _merge_kernel[(R, KVH * G)](
+        row_entries, K, o0, l0, o1, l1, out, e0, e0 + L1 * q1, KVH, s0, o0.shape[3], q0, S1, BQG1, q1, G=G, D=D,
+    )
+    return out

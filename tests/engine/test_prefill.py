@@ -1,0 +1,70 @@
+"""Long chunks in pieces (bounded masks) and forced paths prefilled as chunks: same numbers as the plain way."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from parathinker import LLM, CacheConfig, ParallelParams
+from parathinker.engine import runner as runner_mod
+from parathinker.layout import visibility_from_kinds, visibility_rows
+
+
+def _case(seed: int, paths: int = 3):
+    rng = random.Random(seed)
+    prompt = [rng.randrange(4, 50) for _ in range(23)]
+    bodies = [[rng.randrange(4, 50) for _ in range(rng.randrange(5, 12))] for _ in range(paths)]
+    return prompt, bodies, [rng.randrange(4, 50) for _ in range(4)]
+
+
+def _forwards(llm: LLM, fn):  # noqa: ANN001, ANN202 - (result, forwards it took)
+    n = llm.engine.runner.num_forwards
+    out = fn()
+    return out, llm.engine.runner.num_forwards - n
+
+
+def _close(a: list[float], b: list[float], tol: float = 1e-4) -> bool:
+    return len(a) == len(b) and all((math.isnan(x) and math.isnan(y)) or abs(x - y) <= tol for x, y in zip(a, b))
+
+
+def test_visibility_rows_are_rows_of_the_full_mask():
+    kinds = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 3, -1, -1])
+    full = visibility_from_kinds(kinds.tolist())
+    for a, b in [(0, 11), (0, 4), (3, 9), (8, 11), (10, 11)]:
+        assert torch.equal(visibility_rows(kinds, a, b), full[a:b, :b])
+
+
+@pytest.mark.parametrize("mode", ["parathinker", "reprefill"])
+def test_long_chunks_in_pieces_score_the_same(tiny_qwen2, monkeypatch, mode):
+    """A mask budget of 64 elements cuts the prompt prefill and the re-prefill into many pieces."""
+    prompt, bodies, summary = _case(1)
+    llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
+    pp = ParallelParams(num_paths=3, mode=mode)
+    whole, n_whole = _forwards(llm, lambda: llm.score(prompt, bodies, summary, pp))
+    monkeypatch.setattr(runner_mod, "MAX_MASK_ELEMENTS", 64)
+    pieces, n_pieces = _forwards(llm, lambda: llm.score(prompt, bodies, summary, pp))
+    assert _close(whole.token_logprobs, pieces.token_logprobs)
+    assert n_pieces - n_whole >= 10  # really cut: the 23-token prompt alone needs > 10 pieces of <= 64 mask elements
+
+
+@pytest.mark.parametrize("mode", ["parathinker", "reprefill"])
+def test_prefilled_forced_paths(tiny_qwen2, mode):
+    """path_logprobs=False: bodies in one chunk each; close tokens and the summary score the same."""
+    prompt, bodies, summary = _case(2)
+    llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
+    pp = ParallelParams(num_paths=3, mode=mode)
+    slow, n_slow = _forwards(llm, lambda: llm.score(prompt, bodies, summary, pp))
+    fast, n_fast = _forwards(llm, lambda: llm.score(prompt, bodies, summary, pp, path_logprobs=False))
+    packed = slow.packed
+    body_idx = {k for a, b in packed.path_spans for k in range(a, b - 2)}  # predicting a body token
+    for k, (x, y) in enumerate(zip(slow.token_logprobs, fast.token_logprobs)):
+        if k in body_idx:
+            assert math.isnan(y)
+        else:
+            assert (math.isnan(x) and math.isnan(y)) or abs(x - y) <= 1e-4, k
+    a, _ = packed.summary_span
+    assert not math.isnan(fast.token_logprobs[a])  # the summary's first prediction is scored
+    assert n_fast < n_slow - 5  # no token-by-token path decoding
