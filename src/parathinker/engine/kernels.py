@@ -128,13 +128,13 @@ if triton is not None:
             tl.store(vp + HALF + j, v2.to(VC.dtype.element_ty), mask=ok)
 
     @triton.jit
-    def _silu_mul_kernel(GU, OUT, I, BLOCK: tl.constexpr):
+    def _silu_mul_kernel(GU, OUT, N, BLOCK: tl.constexpr):  # N: the intermediate size
         b = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        ok = cols < I
-        g = tl.load(GU + b * 2 * I + cols, mask=ok, other=0.0).to(tl.float32)
-        u = tl.load(GU + b * 2 * I + I + cols, mask=ok, other=0.0).to(tl.float32)
-        tl.store(OUT + b * I + cols, (g / (1.0 + tl.exp(-g)) * u).to(OUT.dtype.element_ty), mask=ok)
+        ok = cols < N
+        g = tl.load(GU + b * 2 * N + cols, mask=ok, other=0.0).to(tl.float32)
+        u = tl.load(GU + b * 2 * N + N + cols, mask=ok, other=0.0).to(tl.float32)
+        tl.store(OUT + b * N + cols, (g / (1.0 + tl.exp(-g)) * u).to(OUT.dtype.element_ty), mask=ok)
 
     @triton.jit
     def _merge_kernel(ENT, K, O0, L0, O1, L1, OUT, E0, SENT, KVH, S0, BQG0, Q0, S1, BQG1, Q1,
