@@ -2,15 +2,16 @@
 # One prepared run for a lent GPU (see docs/performance.md). From the repo root:
 #   bash benchmarks/device_check.sh            (writes under $OUT, else runs/device)
 # 1. CUDA correctness: engine on CUDA vs the CPU oracle, CUDA-graph replay vs eager vs reference,
-#    the Triton decode kernel compiled, flex-attention training path;
+#    the Triton decode kernel and the fused decode kernels compiled (vs their torch twins), the fused
+#    step vs the modular one, flex-attention training path;
 # 2. the speed benchmark (Qwen2.5-1.5B shape, bf16, random weights): decode ms/step with CUDA graphs
-#    on and off, transformers side by side, 32 requests x 8 paths sustained tokens/s + roofline,
-#    summary TTFT (KV reuse vs re-prefill).
-# Sized for ~6 minutes on an H200 (each phase under its own timeout; a failing test or benchmark row
+#    and the fused step each on and off, transformers side by side, 32 requests x 8 paths sustained
+#    tokens/s + roofline, summary TTFT (KV reuse vs re-prefill) for P 2-16 x paths of 1K-16K tokens.
+# Sized for ~8 minutes on an H200 (each phase under its own timeout; a failing test or benchmark row
 # is reported in its log/JSON and the script goes on). Five files under $OUT: gpu.txt, gpu_tests.log,
 # bench.log, engine_bench.json (written after every row), engine_bench.png.
 # CPU smoke of the same benchmark code:  SMOKE=1 bash benchmarks/device_check.sh
-# env: GPU_TESTS (pytest paths), TEST_TIMEOUT, BENCH_TIMEOUT (seconds; defaults 140, 220)
+# env: GPU_TESTS (pytest paths), TEST_TIMEOUT, BENCH_TIMEOUT (seconds; defaults 150, 330)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 out="${OUT:-runs/device}"
@@ -20,15 +21,15 @@ if [ "${SMOKE:-0}" = "1" ]; then
   echo "smoke run on the CPU (no GPU phases)" | tee "$out/gpu.txt"
   timeout 300 python3 benchmarks/engine_bench.py --shape tiny --device cpu --dtype float32 --attention triton \
     --paths 1,3 --contexts 40 --steps 6 --multi 2x2 --multi-context 16 --multi-steps 6 \
-    --summary-paths 2 --summary-lens 8 --no-hf --out "$out" 2>&1 | tee "$out/bench.log"
+    --summary-paths 2,3 --summary-lens 8,40 --reprefill-max-tokens 100 --fused both --no-hf --out "$out" 2>&1 | tee "$out/bench.log"
   exit 0
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
 python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)" 2>&1 | tee -a "$out/gpu.txt"
-timeout "${TEST_TIMEOUT:-140}" python3 -m pytest -q -m gpu -p no:cacheprovider -rfE ${GPU_TESTS:-tests/gpu tests/train/test_flex.py} 2>&1 | tee "$out/gpu_tests.log"
+timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -m gpu -p no:cacheprovider -rfE ${GPU_TESTS:-tests/gpu tests/train/test_flex.py} 2>&1 | tee "$out/gpu_tests.log"
 echo "gpu tests exit: ${PIPESTATUS[0]}" | tee -a "$out/gpu_tests.log"
-timeout "${BENCH_TIMEOUT:-220}" python3 benchmarks/engine_bench.py --shape qwen2.5-1.5b --device cuda --dtype bfloat16 --kv-gib 32 \
-  --graphs both --paths 1,16 --contexts 2048,16384 --steps 32 --hf-max-context 2048 \
-  --multi 32x8 --multi-context 1024 --multi-steps 64 --summary-paths 4,16 --summary-lens 512,2048 \
+timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/engine_bench.py --shape qwen2.5-1.5b --device cuda --dtype bfloat16 --kv-gib 32 \
+  --graphs both --fused both --paths 1,16 --contexts 2048,16384 --steps 32 --hf-max-context 2048 \
+  --multi 32x8 --multi-context 1024 --multi-steps 64 --summary-paths 2,4,8,16 --summary-lens 1024,4096,16384 \
   --out "$out" 2>&1 | tee "$out/bench.log"
 echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$out/bench.log"

@@ -6,7 +6,8 @@ write, SiLU and a split merge. Here each of those is one kernel:
 
     add_rmsnorm   residual add + RMSNorm (+ weight), one row per program
     rope_write    RoPE of q and k, thought embedding added to k and v, k and v stored in their
-                  pool slots; q returned. One (row, head) per program
+                  pool slots; q returned. One (row, head) per program; cos/sin computed once
+                  per step in torch (``rope_tables``: the model's exact float32 angles)
     silu_mul      SiLU(gate) * up over the fused gate|up projection
     merge         combine a row's flash-decoding partials (log-sum-exp weighted) into its output
 
@@ -90,17 +91,16 @@ if triton is not None:
         tl.store(OUT + row * D + cols, (w.to(tl.float32) * y.to(tl.float32)).to(OUT.dtype.element_ty), mask=ok)
 
     @triton.jit
-    def _rope_write_kernel(QKV, POS, SEG, INV_FREQ, SEGT, QOUT, KC, VC, SLOTS,
-                           stride_qkv, stride_ks, stride_kh, stride_vs, stride_vh, scaling,
+    def _rope_write_kernel(QKV, COS, SIN, SEG, SEGT, QOUT, KC, VC, SLOTS,
+                           stride_qkv, stride_ks, stride_kh, stride_vs, stride_vh,
                            H: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr,
                            HAS_SEG: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         h = tl.program_id(1)  # q heads 0..H-1, then kv heads
         j = tl.arange(0, BLOCK)
         ok = j < HALF
-        f = tl.load(POS + b).to(tl.float32) * tl.load(INV_FREQ + j, mask=ok, other=0.0)
-        cos = tl.cos(f) * scaling
-        sin = tl.sin(f) * scaling
+        cos = tl.load(COS + b * HALF + j, mask=ok, other=0.0)
+        sin = tl.load(SIN + b * HALF + j, mask=ok, other=0.0)
         row = QKV + b * stride_qkv
         if h < H:
             x1 = tl.load(row + h * 2 * HALF + j, mask=ok, other=0.0).to(tl.float32)
@@ -196,23 +196,30 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
     return out, res
 
 
+def rope_tables(pos: torch.Tensor, inv_freq: torch.Tensor, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (B, hd/2) float32 of each row's position: once per step, shared by every layer's ``rope_write``."""
+    f = pos.reshape(-1)[:, None].float() * inv_freq
+    return f.cos() * scaling, f.sin() * scaling
+
+
 def rope_write(qkv: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, inv_freq: torch.Tensor, scaling: float,
                seg_table: torch.Tensor | None, kv: torch.Tensor, slots: torch.Tensor, heads: int, kv_heads: int,
-               use_triton: bool) -> torch.Tensor:
+               use_triton: bool, tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """RoPE + thought embeddings + K/V store of one decode token per row; returns q (B, H, hd).
 
     ``qkv`` (B, (H + 2 KVH) hd) from the fused projection; ``pos``/``seg``/``slots`` (B,) or (B, 1);
-    ``kv`` one layer's pool (2, slots, KVH, hd).
+    ``kv`` one layer's pool (2, slots, KVH, hd); ``tables``: ``rope_tables`` of ``pos`` if already made.
     """
     if not use_triton:
         return rope_write_torch(qkv, pos, seg, inv_freq, scaling, seg_table, kv, slots, heads, kv_heads)
     B = qkv.shape[0]
     hd = kv.shape[-1]
+    cos, sin = tables if tables is not None else rope_tables(pos, inv_freq, scaling)
     q = torch.empty(B, heads, hd, dtype=qkv.dtype, device=qkv.device)
     kc, vc = kv[0], kv[1]
     _rope_write_kernel[(B, heads + kv_heads)](
-        qkv, pos, seg, inv_freq, seg_table if seg_table is not None else inv_freq, q, kc, vc, slots,
-        qkv.stride(0), kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1), scaling,
+        qkv, cos, sin, seg, seg_table if seg_table is not None else cos, q, kc, vc, slots,
+        qkv.stride(0), kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
         H=heads, KVH=kv_heads, HALF=hd // 2, BLOCK=triton.next_power_of_2(hd // 2), HAS_SEG=seg_table is not None,
     )
     return q
