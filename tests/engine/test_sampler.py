@@ -17,7 +17,7 @@ def _row(seed=0, banned=NO_BAN, **kw):
 
 
 def _allowed(probs, top_k, top_p):
-    vals, ids = sampler._candidates(probs, top_k, top_p)
+    vals, ids, _ = sampler._filtered(probs, [SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p)])
     return {int(i): float(v) for i, v in zip(ids[0], vals[0]) if v > 0}
 
 
@@ -29,9 +29,25 @@ def test_partial_topk_equals_full_sort_nucleus():
     keep = (sorted_p.cumsum(-1) - sorted_p) < 0.9
     full = {int(i): float(v) for i, v, k in zip(order[0], sorted_p[0], keep[0]) if k}
     assert fast.keys() == full.keys()
-    # a flat distribution whose nucleus exceeds the candidate window falls back to the full sort
-    flat = torch.full((1, 5000), 1 / 5000)
-    assert abs(len(_allowed(flat, 0, 0.5)) - 2500) <= 1  # float rounding of the running mass
+    _, _, flag = sampler._filtered(probs, [SamplingParams(temperature=1.0, top_p=0.9)])
+    assert not flag.any()  # this nucleus fits the window: no redraw
+
+
+def test_wide_nucleus_is_flagged_and_redrawn_exactly():
+    """A near-flat distribution: the nucleus (top ~45% of 5000 tokens) does not fit 1024 candidates."""
+    probs = torch.linspace(1.0, 1.2, 5000)[None]
+    probs = probs / probs.sum()
+    params = [SamplingParams(temperature=1.0, top_p=0.5), SamplingParams(temperature=1.0, top_p=0.5, top_k=100)]
+    _, _, flag = sampler._filtered(probs.expand(2, -1), params)
+    assert flag.tolist() == [True, False]  # top-k 100 cuts inside the window first: exact already
+    mass_before = probs.flip(-1).cumsum(-1) - probs.flip(-1)
+    nucleus = 5000 - int((mass_before < 0.5).sum())  # ids >= nucleus are in (ascending probabilities)
+    logits = probs.log()
+    rows = [_row(s, temperature=1.0, top_p=0.5) for s in range(40)]
+    draws = sample(logits.expand(40, -1), rows)
+    assert min(draws) >= nucleus and len(set(draws)) > 30  # inside the nucleus, spread across it
+    tokens, unsure = sampler.sample_tensor(logits.expand(40, -1), rows)
+    assert unsure is not None and unsure.all()
 
 
 def test_top_k_and_top_p_sets():
@@ -40,6 +56,7 @@ def test_top_k_and_top_p_sets():
     assert set(_allowed(probs, 0, 0.8)) == {0, 1}  # 0.5 before token 1 < 0.8; 0.8 before token 2 is not
     assert set(_allowed(probs, 0, 0.81)) == {0, 1, 2}
     assert set(_allowed(probs, 0, 0.01)) == {0}
+    assert set(_allowed(probs, 3, 0.9)) == {0, 1, 2}  # both: top-3 and a 0.9 nucleus
 
 
 def test_empirical_distribution_and_bans():
@@ -64,3 +81,24 @@ def test_seeded_rows_do_not_depend_on_batch_neighbours():
     together = sample(logits, [r7, _row(8, temperature=0.7, top_k=5), _row(9, temperature=0.0)])
     assert together[0] == alone[0]
     assert together[2] == int(logits[2].argmax())
+
+
+def test_engine_redraws_flagged_rows_with_model_logprobs(tiny_qwen2, monkeypatch):
+    """A 4-token window at temperature 5: most rows are flagged and redrawn; the reported log-probs
+    are still the model's own (== teacher-forced scoring of the generated paths)."""
+    from parathinker import LLM, CacheConfig, ParallelParams
+
+    monkeypatch.setattr(sampler, "CANDIDATES", 4)
+    llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
+    calls = []
+    real = sampler.resample_exact
+    monkeypatch.setattr("parathinker.engine.engine.resample_exact", lambda lg, rows: calls.append(len(rows)) or real(lg, rows))
+    pp = ParallelParams(num_paths=3, max_path_tokens=6, summary_max_tokens=3)
+    out = llm.generate([[5, 6, 7, 8, 9]], pp, SamplingParams(temperature=5.0, top_p=0.95, seed=1))[0]
+    assert sum(calls) > 5
+    again = llm.generate([[5, 6, 7, 8, 9]], pp, SamplingParams(temperature=5.0, top_p=0.95, seed=1))[0]
+    assert [p.token_ids for p in again.paths] == [p.token_ids for p in out.paths]  # still reproducible
+    scored = llm.score([5, 6, 7, 8, 9], [p.token_ids for p in out.paths], [])
+    for p, (a, b) in zip(out.paths, scored.packed.path_spans):
+        body = scored.token_logprobs[a : a + len(p.token_ids)]
+        assert max(abs(x - y) for x, y in zip(p.logprobs, body)) <= 1e-4

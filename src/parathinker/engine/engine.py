@@ -20,7 +20,7 @@ from ..tokens import ControlTokens
 from .block_manager import PagePool
 from .kv_cache import CacheConfig
 from .runner import Chunk, ModelRunner
-from .sampler import Row, sample_tensor
+from .sampler import Row, resample_exact, sample_tensor
 from .sequence import Request, RequestSpec, Seq
 
 
@@ -129,8 +129,9 @@ class Engine:
             for r in active:
                 self._advance(r)
             return
-        singles = [s for s in seqs if len(s.pending) == 1 and s.kinds is None]
-        groups = [[s] for s in seqs if s not in singles]
+        one = [len(s.pending) == 1 and s.kinds is None for s in seqs]
+        singles = [s for s, o in zip(seqs, one) if o]
+        groups = [[s] for s, o in zip(seqs, one) if not o]
         if singles:
             groups.insert(0, singles)
         for group in groups:
@@ -295,8 +296,9 @@ class Engine:
                 else:
                     done.add(k)
         rows = [Row(todo[k].req.spec.sampling, todo[k].req.generator, todo[k].banned) for k in free]
+        unsure = None  # rows whose top-p window may have been too narrow (sampler): redrawn below
         if len(free) == len(todo):
-            tokens = sample_tensor(stacked, rows)
+            tokens, unsure = sample_tensor(stacked, rows)
         else:
             host = torch.zeros(len(todo), dtype=torch.long)
             for k, tok in forced.items():
@@ -304,11 +306,23 @@ class Engine:
             tokens = host.to(dev)
             if free:
                 at = torch.tensor(free, device=dev)
-                tokens.index_copy_(0, at, sample_tensor(stacked.index_select(0, at), rows))
+                drawn, flags = sample_tensor(stacked.index_select(0, at), rows)
+                tokens.index_copy_(0, at, drawn)
+                if flags is not None:
+                    unsure = torch.zeros(len(todo), dtype=torch.bool, device=dev).index_copy_(0, at, flags)
         lg = stacked.float()
-        picked = lg.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(lg, dim=-1)
-        # one device->host copy for the whole batch: ids (exact in float64) and their log-probs
-        ids, lps = torch.stack([tokens.double(), picked.double()]).tolist()
+        lse = torch.logsumexp(lg, dim=-1)
+        picked = lg.gather(1, tokens[:, None])[:, 0] - lse
+        # one device->host copy for the whole batch: ids (exact in float64), their log-probs, the flags
+        parts = [tokens.double(), picked.double()] + ([unsure.double()] if unsure is not None else [])
+        ids, lps, *flagged = torch.stack(parts).tolist()
+        redo = [k for k, f in enumerate(flagged[0]) if f] if flagged else []
+        if redo:  # rare (a nucleus wider than the sampler's window): an exact redraw of just those rows
+            at = torch.tensor(redo, device=dev)
+            fix = resample_exact(stacked.index_select(0, at), [rows[free.index(k)] for k in redo])
+            fixed_lp = lg.index_select(0, at).gather(1, fix[:, None])[:, 0] - lse.index_select(0, at)
+            for k, tok, lp in zip(redo, fix.tolist(), fixed_lp.tolist()):
+                ids[k], lps[k] = tok, lp
         for k, s in enumerate(todo):
             if k in done:
                 s.finish("end")

@@ -76,14 +76,7 @@ class ModelRunner:
         if self.decoder is not None and decode:
             self.num_forwards += 1
             return self.decoder.run(chunks)
-        ids = torch.zeros(B, T, dtype=torch.long)
-        pos = torch.zeros(B, T, dtype=torch.long)
-        seg = torch.zeros(B, T, dtype=torch.long)
-        for b, c in enumerate(chunks):
-            n = len(c.tokens)
-            ids[b, :n] = torch.tensor(c.tokens)
-            pos[b, :n] = torch.tensor(c.positions)
-            seg[b, :n] = torch.tensor(c.segments)
+        ids, pos, seg = _padded_inputs(chunks, T)
         dev = self.device
         if self.decode_backend == "cascade" and decode:
             attn = PagedCascade.for_chunks(self.kv.data, chunks, dev)
@@ -127,6 +120,21 @@ class ModelRunner:
             t = [torch.tensor(x)[None] for x in (piece.tokens, piece.positions, piece.segments)]
             logits = self._forward_dense([piece], *t, read_slots=[slots[: ctx + b]])
         return logits
+def _padded_inputs(chunks: list[Chunk], T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, T) long token ids, positions, segment ids, zero padded: one tensor each from flat lists."""
+    if T == 1:
+        return tuple(torch.tensor([[getattr(c, f)[0]] for c in chunks]) for f in ("tokens", "positions", "segments"))
+    lens = [len(c.tokens) for c in chunks]
+    rows = torch.repeat_interleave(torch.arange(len(chunks)), torch.tensor(lens))
+    cols = torch.cat([torch.arange(n) for n in lens])
+    out = []
+    for f in ("tokens", "positions", "segments"):
+        t = torch.zeros(len(chunks), T, dtype=torch.long)
+        t[rows, cols] = torch.tensor(list(chain.from_iterable(getattr(c, f) for c in chunks)))
+        out.append(t)
+    return out[0], out[1], out[2]
+
+
 def resolve_backend(name: str, device: torch.device) -> str:
     """``auto``: the Triton decode kernel on CUDA when Triton is installed, else the torch cascade."""
     if name == "auto":

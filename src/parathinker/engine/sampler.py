@@ -3,13 +3,15 @@
 Draws are exponential races: token ``argmax_i p_i / E_i`` with ``E_i ~ Exp(1)`` is distributed as
 ``p`` (``p`` may be unnormalised; zeros never win). The noise comes from the request's own
 generator, on the logits' device, so a seeded request draws the same tokens whatever else is in
-the batch, and nothing of size V crosses to the host: ``sample_tensor`` returns the chosen ids on
-the device (the engine copies them with their log-probs to the host once per step).
+the batch, and nothing of size V crosses to the host.
 
-Top-p/top-k look at the ``CANDIDATES`` most likely tokens first (a partial top-k instead of a
-full vocabulary sort: the nucleus at usual temperatures is far smaller); a request whose nucleus
-does not fit falls back to the full sort, so the result is exact either way. Rows without top-k/
-top-p (the default) are drawn together in one batched race, whatever their temperatures.
+All rows are drawn together, whatever their parameters: rows without top-k/top-p race over the
+whole vocabulary; rows with them race over their ``CANDIDATES`` most likely tokens (one batched
+partial top-k instead of a full vocabulary sort), each row's own top-k rank and nucleus mass
+masking its candidates. The nucleus at usual temperatures is far smaller than the window; a row
+whose nucleus might not fit (candidates' mass below its top-p, no top-k cutting first) is flagged
+on the device, not checked with a host sync: the engine reads the flags in the step's one host copy
+and redraws just those rows exactly (``resample_exact``, a full sort), so results are exact either way.
 """
 
 from __future__ import annotations
@@ -34,23 +36,86 @@ class Row:
 
 
 def sample(logits: torch.Tensor, rows: list[Row]) -> list[int]:
-    """logits (N, V) -> N token ids (host list)."""
-    return sample_tensor(logits, rows).tolist()
+    """logits (N, V) -> N token ids (host list; resolves flagged rows at once)."""
+    tokens, unsure = sample_tensor(logits, rows)
+    if unsure is not None and bool(unsure.any()):
+        redo = unsure.nonzero()[:, 0]
+        tokens = tokens.clone()
+        tokens[redo] = resample_exact(logits[redo], [rows[i] for i in redo.tolist()])
+    return tokens.tolist()
 
 
-def sample_tensor(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
-    """logits (N, V) -> (N,) long token ids on the logits' device; no host sync unless top-p needs one."""
+def sample_tensor(logits: torch.Tensor, rows: list[Row]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logits (N, V) -> (N,) long ids on the logits' device, and the rows to redraw with ``resample_exact``.
+
+    The second value is None when no row can need it, else an (N,) bool device tensor. No host sync.
+    """
+    dev = logits.device
+    N, V = logits.shape
+    logits = _banned(logits, rows)
+    out = logits.argmax(-1)
+    unsure = None
+    groups = _generator_groups(rows)  # [start, end) of consecutive non-greedy rows sharing a generator
+    plain = [(a, b) for a, b in groups if _is_plain(rows[a].params)]
+    filt = [(a, b) for a, b in groups if not _is_plain(rows[a].params)]
+    for part, filtered in ((plain, False), (filt, True)):
+        if not part:
+            continue
+        idx = [i for a, b in part for i in range(a, b)]
+        index = torch.tensor(idx, device=dev) if len(idx) < N else None
+        lg = logits if index is None else logits.index_select(0, index)
+        temps = torch.tensor([rows[i].params.temperature for i in idx], dtype=torch.float32)
+        probs = torch.softmax(lg / temps.to(dev, non_blocking=True)[:, None], dim=-1)
+        if filtered:
+            probs, ids, flag = _filtered(probs, [rows[i].params for i in idx])
+        noise = torch.empty_like(probs)
+        k = 0
+        for a, b in part:
+            noise[k : k + b - a].exponential_(generator=rows[a].generator)
+            k += b - a
+        pick = (probs / noise.clamp_min_(_TINY)).argmax(-1)
+        if filtered:
+            pick = ids.gather(1, pick[:, None])[:, 0]
+            if flag is not None:
+                unsure = flag if index is None else torch.zeros(N, dtype=torch.bool, device=dev).index_copy_(
+                    0, index, flag)
+        if index is None:
+            out = pick
+        else:
+            out.index_copy_(0, index, pick)
+    return out, unsure
+
+
+def resample_exact(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
+    """Draw rows with top-k/top-p over a full sort of the vocabulary (the flagged rows of ``sample_tensor``)."""
+    logits = _banned(logits, rows)
+    out = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+    for a, b in _generator_groups(rows):
+        p = rows[a].params
+        probs = torch.softmax(logits[a:b] / p.temperature, dim=-1)
+        vals, ids = probs.sort(dim=-1, descending=True)
+        keep = _keep(vals, torch.tensor([p.top_k] * (b - a), device=logits.device),
+                     torch.tensor([p.top_p] * (b - a), device=logits.device))
+        noise = torch.empty_like(vals).exponential_(generator=rows[a].generator).clamp_min_(_TINY)
+        out[a:b] = ids.gather(1, (vals * keep / noise).argmax(-1, keepdim=True))[:, 0]
+    return out
+
+
+def _banned(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
+    """Float copy of ``logits`` with each row's banned ids at -inf."""
     dev = logits.device
     logits = logits.float().clone()
-    bans = [(i, r.banned) for i, r in enumerate(rows) if len(r.banned)]
-    if bans:
-        ban_rows = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in bans])
-        ban_cols = torch.cat([b for _, b in bans])
+    lens = [r.banned.numel() for r in rows]
+    if any(lens):
+        ban_rows = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lens))
+        ban_cols = torch.cat([r.banned for r in rows])
         logits[ban_rows.to(dev, non_blocking=True), ban_cols.to(dev, non_blocking=True)] = float("-inf")
-    out = logits.argmax(-1)
-    # consecutive rows of one generator (one request) draw together; plain rows (no top-k/top-p) of all
-    # requests share one batched race, each request filling its own slice of the noise
-    groups: list[tuple[int, int]] = []  # [start, end) of rows with one generator
+    return logits
+
+
+def _generator_groups(rows: list[Row]) -> list[tuple[int, int]]:
+    """[start, end) of consecutive non-greedy rows drawing from one generator (one request)."""
+    groups: list[tuple[int, int]] = []
     for i, r in enumerate(rows):
         if r.params.greedy:
             continue
@@ -58,59 +123,30 @@ def sample_tensor(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
             groups[-1] = (groups[-1][0], i + 1)
         else:
             groups.append((i, i + 1))
-    plain = [(a, b) for a, b in groups if _is_plain(rows[a].params)]
-    if plain:
-        idx = [i for a, b in plain for i in range(a, b)]
-        index = torch.tensor(idx, device=dev) if len(idx) < len(rows) else None
-        lg = logits if index is None else logits.index_select(0, index)
-        temps = torch.tensor([rows[i].params.temperature for i in idx], dtype=torch.float32)
-        probs = torch.softmax(lg / temps.to(dev, non_blocking=True)[:, None], dim=-1)
-        noise = torch.empty_like(probs)
-        k = 0
-        for a, b in plain:
-            noise[k : k + b - a].exponential_(generator=rows[a].generator)
-            k += b - a
-        pick = (probs / noise.clamp_min_(_TINY)).argmax(-1)
-        if index is None:
-            out = pick
-        else:
-            out.index_copy_(0, index, pick)
-    for a, b in groups:
-        p = rows[a].params
-        if _is_plain(p):
-            continue
-        probs = torch.softmax(logits[a:b] / p.temperature, dim=-1)
-        cand_p, cand_ids = _candidates(probs, p.top_k, p.top_p)
-        noise = torch.empty_like(cand_p).exponential_(generator=rows[a].generator).clamp_min_(_TINY)
-        pick = (cand_p / noise).argmax(-1, keepdim=True)
-        out[a:b] = cand_ids.gather(1, pick)[:, 0]
-    return out
+    return groups
 
 
 def _is_plain(p: SamplingParams) -> bool:
     return p.top_k == 0 and p.top_p >= 1.0
 
 
-def _candidates(probs: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unnormalised probabilities and ids of the tokens allowed by top-k and top-p, per row."""
+def _filtered(probs: torch.Tensor, params: list[SamplingParams]):  # noqa: ANN202
+    """Each row's candidates (values zeroed outside its top-k / nucleus), their ids, and the unsure flags."""
+    dev = probs.device
     V = probs.shape[-1]
-    if top_k == 0 and top_p >= 1.0:
-        return probs, torch.arange(V, device=probs.device).expand_as(probs)
-    k = min(top_k or V, V)
-    if k > CANDIDATES and top_p < 1.0:
-        # try the cheap partial top-k; keep it if every row's nucleus fits inside (one host sync)
-        vals, ids = probs.topk(CANDIDATES, dim=-1)
-        if bool((vals.sum(-1) >= top_p).all()):
-            return _nucleus(vals, ids, top_p)
-    vals, ids = probs.topk(k, dim=-1) if k < V else probs.sort(dim=-1, descending=True)
-    return _nucleus(vals, ids, top_p)
+    width = min(V, max(CANDIDATES, *(p.top_k for p in params)))
+    vals, ids = probs.topk(width, dim=-1) if width < V else probs.sort(dim=-1, descending=True)
+    top_k = torch.tensor([p.top_k for p in params]).to(dev, non_blocking=True)
+    top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32).to(dev, non_blocking=True)
+    flag = None
+    if width < V:  # the window may cut a nucleus short: unless top-k cuts first, its mass must reach top-p
+        flag = (vals.sum(-1) < top_p) & ((top_k == 0) | (top_k > width))
+    return vals * _keep(vals, top_k, top_p), ids, flag
 
 
-def _nucleus(vals: torch.Tensor, ids: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero the tail beyond mass top_p (sorted descending input; the most likely token always stays)."""
-    if top_p < 1.0:
-        mass_before = vals.cumsum(-1) - vals
-        drop = mass_before >= top_p
-        drop[:, 0] = False
-        vals = vals.masked_fill(drop, 0.0)
-    return vals, ids
+def _keep(vals: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Mask of sorted (descending) candidates inside each row's top-k and nucleus (the top one always)."""
+    rank = torch.arange(vals.shape[-1], device=vals.device)[None, :]
+    keep = (vals.cumsum(-1) - vals < top_p[:, None]) & ((top_k[:, None] == 0) | (rank < top_k[:, None]))
+    keep[:, 0] = True
+    return keep
