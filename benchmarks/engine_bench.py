@@ -32,6 +32,8 @@ SHAPES = {
     # hidden, layers, heads, kv heads, intermediate, vocab, tied
     "qwen2.5-1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                          intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True),
+    "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True),  # a CPU-sized shape
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=128, vocab_size=256, tie_word_embeddings=True),
 }
@@ -349,6 +351,13 @@ def plot(res: dict, path: Path) -> None:
     b.set(xlabel="paths P", ylabel="summary time to first token (ms)", xscale="log", yscale="log", title=title)
     b.title.set_fontsize(7)
     b.legend(fontsize=7)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    for ax, ps in ((a, {r["P"] for r in res["decode"]}), (b, {r["P"] for r in res["summary"]})):
+        if ps:
+            ax.set_xticks(sorted(ps))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

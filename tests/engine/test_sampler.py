@@ -99,6 +99,6 @@ def test_engine_redraws_flagged_rows_with_model_logprobs(tiny_qwen2, monkeypatch
     again = llm.generate([[5, 6, 7, 8, 9]], pp, SamplingParams(temperature=5.0, top_p=0.95, seed=1))[0]
     assert [p.token_ids for p in again.paths] == [p.token_ids for p in out.paths]  # still reproducible
     scored = llm.score([5, 6, 7, 8, 9], [p.token_ids for p in out.paths], [])
-    for p, (a, b) in zip(out.paths, scored.packed.path_spans):
+    for p, (a, _) in zip(out.paths, scored.packed.path_spans):
         body = scored.token_logprobs[a : a + len(p.token_ids)]
         assert max(abs(x - y) for x, y in zip(p.logprobs, body)) <= 1e-4
