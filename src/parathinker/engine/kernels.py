@@ -137,6 +137,22 @@ if triton is not None:
         tl.store(OUT + b * N + cols, (g / (1.0 + tl.exp(-g)) * u).to(OUT.dtype.element_ty), mask=ok)
 
     @triton.jit
+    def _merge_class(OUT_P, LSE, e, ok, ok_v, S, BQG, Q, KVH, kvh, g, d, m, den, acc, G: tl.constexpr, D: tl.constexpr):
+        """Fold entry ``e`` (list e // Q, query slot e % Q) of one class into (m, den, acc), if ``ok``."""
+        for s in range(S):
+            idx = (((e // Q) * KVH + kvh) * S + s) * BQG + (e % Q) * G + g
+            lse = tl.load(LSE + idx, mask=ok, other=float("-inf"))
+            o = tl.load(OUT_P + idx * D + d, mask=ok_v, other=0.0)
+            m_new = tl.maximum(m, lse)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            a = tl.exp(m - m_safe)
+            w = tl.exp(lse - m_safe)
+            acc = acc * a + o * w
+            den = den * a + w
+            m = m_new
+        return m, den, acc
+
+    @triton.jit
     def _merge_kernel(ENT, K, O0, L0, O1, L1, OUT, E0, SENT, KVH, S0, BQG0, Q0, S1, BQG1, Q1,
                       G: tl.constexpr, D: tl.constexpr):
         r = tl.program_id(0).to(tl.int64)
@@ -150,34 +166,13 @@ if triton is not None:
         for k in range(K):
             e = tl.load(ENT + r * K + k)
             ev = e + d * 0  # the entry as a (D,) vector: vector masks (Triton's interpreter rejects scalar & vector)
-            # class 0 (shared lists): entry = list * Q0 + query slot
+            # class 0: the shared lists, entries 0..E0-1; class 1: the single lists; the sentinel (SENT) holds nothing
             in0 = e < E0
-            e0 = tl.where(in0, e, 0)
-            for s in range(S0):
-                idx = (((e0 // Q0) * KVH + kvh) * S0 + s) * BQG0 + (e0 % Q0) * G + g
-                lse = tl.load(L0 + idx, mask=in0, other=float("-inf"))
-                o = tl.load(O0 + idx * D + d, mask=ev < E0, other=0.0)
-                m_new = tl.maximum(m, lse)
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                a = tl.exp(m - m_safe)
-                w = tl.exp(lse - m_safe)
-                acc = acc * a + o * w
-                den = den * a + w
-                m = m_new
-            # class 1 (single lists); the sentinel entry (= SENT) holds nothing
+            m, den, acc = _merge_class(O0, L0, tl.where(in0, e, 0), in0, ev < E0, S0, BQG0, Q0, KVH, kvh, g, d,
+                                       m, den, acc, G, D)
             in1 = (e >= E0) & (e < SENT)
-            e1 = tl.where(in1, e - E0, 0)
-            for s in range(S1):
-                idx = (((e1 // Q1) * KVH + kvh) * S1 + s) * BQG1 + (e1 % Q1) * G + g
-                lse = tl.load(L1 + idx, mask=in1, other=float("-inf"))
-                o = tl.load(O1 + idx * D + d, mask=(ev >= E0) & (ev < SENT), other=0.0)
-                m_new = tl.maximum(m, lse)
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                a = tl.exp(m - m_safe)
-                w = tl.exp(lse - m_safe)
-                acc = acc * a + o * w
-                den = den * a + w
-                m = m_new
+            m, den, acc = _merge_class(O1, L1, tl.where(in1, e - E0, 0), in1, (ev >= E0) & (ev < SENT), S1, BQG1, Q1,
+                                       KVH, kvh, g, d, m, den, acc, G, D)
         out = acc / tl.maximum(den, 1e-30)
         tl.store(OUT + (r * (KVH * G) + h) * D + d, out.to(OUT.dtype.element_ty))
 
