@@ -6,12 +6,14 @@
 #    step vs the modular one, flex-attention training path;
 # 2. the speed benchmark (Qwen2.5-1.5B shape, bf16, random weights): decode ms/step with CUDA graphs
 #    and the fused step each on and off, transformers side by side, 32 requests x 8 paths sustained
-#    tokens/s + roofline, summary TTFT (KV reuse vs re-prefill) for P 2-16 x paths of 1K-16K tokens.
-# Sized for ~8 minutes on an H200 (each phase under its own timeout; a failing test or benchmark row
-# is reported in its log/JSON and the script goes on). Five files under $OUT: gpu.txt, gpu_tests.log,
-# bench.log, engine_bench.json (written after every row), engine_bench.png.
+#    tokens/s + roofline, summary TTFT (KV reuse vs re-prefill) for P 2-16 x paths of 1K-16K tokens;
+# 3. a kernel-level profile of the decode step (P 1 and 16, fused and modular): the captured graph's
+#    kernels and the whole step's, per step (benchmarks/step_profile.py).
+# Sized for ~7 minutes on an H200 (at most 150 + 330 + 90 s) (each phase under its own timeout; a failing test or benchmark row
+# is reported in its log/JSON and the script goes on). Files under $OUT: gpu.txt, gpu_tests.log,
+# bench.log, engine_bench.json (written after every row), engine_bench.png, profile.log, step_profile.{txt,json}.
 # CPU smoke of the same benchmark code:  SMOKE=1 bash benchmarks/device_check.sh
-# env: GPU_TESTS (pytest paths), TEST_TIMEOUT, BENCH_TIMEOUT (seconds; defaults 150, 330)
+# env: GPU_TESTS (pytest paths), TEST_TIMEOUT, BENCH_TIMEOUT, PROFILE_TIMEOUT (seconds; defaults 150, 330, 90)
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 out="${OUT:-runs/device}"
@@ -22,6 +24,8 @@ if [ "${SMOKE:-0}" = "1" ]; then
   timeout 300 python3 benchmarks/engine_bench.py --shape tiny --device cpu --dtype float32 --attention triton \
     --paths 1,3 --contexts 40 --steps 6 --multi 2x2 --multi-context 16 --multi-steps 6 \
     --summary-paths 2,3 --summary-lens 8,40 --reprefill-max-tokens 100 --fused both --no-hf --out "$out" 2>&1 | tee "$out/bench.log"
+  timeout 300 python3 benchmarks/step_profile.py --shape tiny --device cpu --dtype float32 --attention triton \
+    --paths 1 --context 40 --steps 4 --out "$out" 2>&1 | tee "$out/profile.log"
   exit 0
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/gpu.txt"
@@ -33,3 +37,6 @@ timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/engine_bench.py --shape qwen2
   --multi 32x8 --multi-context 1024 --multi-steps 64 --summary-paths 2,4,8,16 --summary-lens 1024,4096,16384 \
   --out "$out" 2>&1 | tee "$out/bench.log"
 echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$out/bench.log"
+timeout "${PROFILE_TIMEOUT:-90}" python3 benchmarks/step_profile.py --shape qwen2.5-1.5b --device cuda --dtype bfloat16 \
+  --paths 1,16 --context 2048 --out "$out" 2>&1 | tee "$out/profile.log"
+echo "profile exit: ${PIPESTATUS[0]}" | tee -a "$out/profile.log"
