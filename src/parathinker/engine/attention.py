@@ -8,7 +8,6 @@ additive mask. Faster backends (shared-prefix / cascade kernels, CUDA graphs) mu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import chain
 
@@ -28,10 +27,9 @@ class StepMetadata:
 
 def build_metadata(
     new_slots: list[list[int]],
-    read_slots: list[Iterable[int]],
+    read_slots: list[list[int]],
     kinds: list[torch.Tensor | None],
     device: torch.device,
-    read_lens: list[int] | None = None,
 ) -> StepMetadata:
     """Rows read ``read_slots[b]`` (context, then their own new tokens, which end the list).
 
@@ -45,7 +43,7 @@ def build_metadata(
 
     B = len(new_slots)
     n_new = torch.tensor([len(s) for s in new_slots])
-    n_read = torch.tensor(read_lens if read_lens is not None else [len(s) for s in read_slots])  # type: ignore[arg-type]
+    n_read = torch.tensor([len(s) for s in read_slots])
     T, S = int(n_new.max()), int(n_read.max())
     slot_mapping = _pad_rows(torch.tensor(list(chain.from_iterable(new_slots)), dtype=torch.long), n_new, T)
     kv_slots = _pad_rows(torch.tensor(list(chain.from_iterable(read_slots)), dtype=torch.long), n_read, S)
