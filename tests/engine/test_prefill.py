@@ -42,6 +42,7 @@ def test_long_chunks_in_pieces_score_the_same(tiny_qwen2, monkeypatch, mode):
     """A mask budget of 64 elements cuts the prompt prefill and the re-prefill into many pieces."""
     prompt, bodies, summary = _case(1)
     llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
+    llm.engine.runner.causal_prefill = False  # the prompt through the reference backend too (so it is cut)
     pp = ParallelParams(num_paths=3, mode=mode)
     whole, n_whole = _forwards(llm, lambda: llm.score(prompt, bodies, summary, pp))
     monkeypatch.setattr(runner_mod, "MAX_MASK_ELEMENTS", 64)
@@ -68,3 +69,32 @@ def test_prefilled_forced_paths(tiny_qwen2, mode):
     a, _ = packed.summary_span
     assert not math.isnan(fast.token_logprobs[a])  # the summary's first prediction is scored
     assert n_fast < n_slow - 5  # no token-by-token path decoding
+
+
+@pytest.mark.parametrize("mode", ["parathinker", "majority"])
+def test_prompt_prefill_with_plain_causal_attention(tiny_llama, mode):
+    """Prompts go through FreshCausal (SDPA's causal mode, no mask, no gather): same numbers as the reference."""
+    from parathinker import SamplingParams
+
+    prompt, bodies, summary = _case(3)
+    llm = LLM(tiny_llama, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
+    runner = llm.engine.runner
+    calls = []
+    real = runner_mod.FreshCausal
+    runner_mod.FreshCausal = lambda *a: calls.append(1) or real(*a)
+    try:
+        if mode == "parathinker":
+            fast = llm.score(prompt, bodies, summary).token_logprobs
+        else:
+            pp = ParallelParams(mode="majority", num_paths=3, max_path_tokens=6)
+            fast = [p.logprobs for p in llm.generate([prompt], pp, SamplingParams(temperature=1.0, seed=4))[0].paths]
+    finally:
+        runner_mod.FreshCausal = real
+    assert calls  # the prompt took the causal path
+    runner.causal_prefill = False
+    if mode == "parathinker":
+        ref = llm.score(prompt, bodies, summary).token_logprobs
+        assert _close(fast, ref, 1e-5)
+    else:
+        ref = [p.logprobs for p in llm.generate([prompt], pp, SamplingParams(temperature=1.0, seed=4))[0].paths]
+        assert all(_close(a, b, 1e-5) for a, b in zip(fast, ref))

@@ -90,6 +90,22 @@ class PagedReference:
         return sdpa(q, keys, values, self.meta.bias)
 
 
+class FreshCausal:
+    """Prefill of a sequence that reads nothing but its own new tokens (a prompt): plain causal attention.
+
+    Writes k', v' into their slots and attends over the k', v' just computed with SDPA's causal
+    mode (flash kernels where available): no gather from the pool and no [T, S] mask.
+    """
+
+    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor):
+        self.cache = cache
+        self.slot_mapping = slot_mapping  # (1, T) long
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        write_kv(self.cache[layer], self.slot_mapping, k, v)
+        return sdpa(q, k.to(self.cache.dtype), v.to(self.cache.dtype), None, causal=True)
+
+
 def triton_available() -> bool:
     from . import triton_decode
 

@@ -8,7 +8,7 @@ from itertools import chain
 import torch
 
 from ..model import ParaThinkerForCausalLM
-from .attention import PagedCascade, PagedReference, build_metadata, triton_available
+from .attention import FreshCausal, PagedCascade, PagedReference, build_metadata, triton_available
 from .block_manager import Run
 from .fused import FusedDecoder
 from .kv_cache import CacheConfig, KVCache
@@ -39,6 +39,7 @@ class ModelRunner:
         self.fused = None  # the decode forward with fused GEMMs/kernels (Triton ones with triton attention)
         if cache_config.fused_decode:
             self._make_fused()
+        self.causal_prefill = True  # prompts through FreshCausal (False: the reference backend, for comparisons)
         self.decoder = None  # decode steps through static per-bucket buffers (CUDA graphs on CUDA)
         if self.decode_backend == "triton":
             from .graph_runner import DecodeGraphs
@@ -85,6 +86,11 @@ class ModelRunner:
                 return self.model.logits(self.fused.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn))
             hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
             return self.model.logits(hidden[:, 0])
+        if B == 1 and self.causal_prefill and chunks[0].kinds is None and sum(r.length for r in chunks[0].reads) == T:
+            # a prompt: reads only its own tokens, causally
+            attn = FreshCausal(self.kv.data, torch.tensor([chunks[0].new_slots], device=dev))
+            self.num_forwards += 1
+            return self.model.logits(self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)[:, -1])
         if B == 1 and T * (sum(r.length for r in chunks[0].reads)) > MAX_MASK_ELEMENTS:
             return self._forward_long(chunks[0])
         return self._forward_dense(chunks, ids, pos, seg)

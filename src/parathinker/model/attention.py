@@ -26,12 +26,16 @@ class Attention(Protocol):
         ...
 
 
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Reference attention. q (B, T, H, hd), k/v (B, S, KVH, hd), bias (B, 1, T, S) additive -> (B, T, H, hd)."""
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+         causal: bool = False) -> torch.Tensor:
+    """Reference attention. q (B, T, H, hd), k/v (B, S, KVH, hd), bias (B, 1, T, S) additive -> (B, T, H, hd).
+
+    ``causal`` (no bias; T == S): plain causal attention, which lets SDPA pick its flash kernels.
+    """
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, heads, len, hd)
     if bias is not None:
         bias = bias.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=k.shape[1] != q.shape[1])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])
     return out.transpose(1, 2)
 
 

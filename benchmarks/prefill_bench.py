@@ -1,0 +1,95 @@
+"""Prompt prefill time: the engine's plain causal prefill vs its reference (explicit-mask) prefill vs
+transformers' forward, side by side in one process (interleaved repeats, medians).
+
+    python benchmarks/prefill_bench.py --model smollm2 --lengths 512,2048 --threads 1
+    python benchmarks/prefill_bench.py --shape qwen2.5-1.5b --device cuda --dtype bfloat16 --lengths 2048,16384
+
+The engine's number is the time of ``Engine._prefill`` for one request (the prompt's forward into
+the paged pool and its last-token logits); transformers' is one ``model(ids)`` forward (its cache
+built, ``logits_to_keep=1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine_bench import SHAPES, _spec, make_model, sync  # noqa: E402
+
+
+def engine_prefill_ms(llm, ids: list[int], causal: bool) -> float:  # noqa: ANN001
+    from parathinker import ParallelParams, SamplingParams
+
+    eng = llm.engine
+    eng.runner.causal_prefill = causal
+    spec = _spec(ids, ParallelParams(mode="majority", num_paths=1, max_path_tokens=1), SamplingParams(temperature=0.0))
+    req = eng.run([spec])[0]  # prefill + one token; its stats separate the phases
+    return 1000 * req.stats["time_prefill"]
+
+
+def hf_prefill_ms(hf, ids: list[int], device: str) -> float:  # noqa: ANN001
+    x = torch.tensor([ids], device=device)
+    sync(device)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        hf(x, use_cache=True, logits_to_keep=1)
+    sync(device)
+    return 1000 * (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="a checkpoint or alias (e.g. smollm2); default: --shape, random")
+    ap.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--lengths", default="512,2048")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--work", default="/tmp/parathinker-bench-models")
+    ap.add_argument("--out", default=None, help="write the table as JSON here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM
+
+    from parathinker import LLM, CacheConfig
+    from parathinker.model.gguf import resolve_alias
+
+    dtype = getattr(torch, args.dtype)
+    path = resolve_alias(args.model) if args.model else make_model(args.shape, Path(args.work), dtype)
+    llm = LLM(path, device=args.device, dtype=dtype, threads=args.threads,
+              cache=CacheConfig(kv_cache_memory=4.0 if args.device == "cuda" else 1.0))
+    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(args.device).eval()
+    vocab = min(llm.model.config.vocab_size, 30000)
+    rows = []
+    print(f"{'tokens':>7} {'engine causal ms':>17} {'engine reference ms':>20} {'transformers ms':>16} "
+          f"{'causal vs ref':>14} {'causal vs HF':>13}", flush=True)
+    for n in [int(x) for x in args.lengths.split(",")]:
+        ids = [100 + (i * 7919) % (vocab - 100) for i in range(n)]
+        engine_prefill_ms(llm, ids, True)  # warm-up
+        hf_prefill_ms(hf, ids, args.device)
+        a, b, h = [], [], []
+        for _ in range(args.repeats):
+            a.append(engine_prefill_ms(llm, ids, True))
+            b.append(engine_prefill_ms(llm, ids, False))
+            h.append(hf_prefill_ms(hf, ids, args.device))
+        row = dict(tokens=n, causal_ms=statistics.median(a), reference_ms=statistics.median(b), hf_ms=statistics.median(h))
+        rows.append(row)
+        print(f"{n:>7} {row['causal_ms']:>17.1f} {row['reference_ms']:>20.1f} {row['hf_ms']:>16.1f} "
+              f"{row['reference_ms'] / row['causal_ms']:>13.2f}x {row['hf_ms'] / row['causal_ms']:>12.2f}x", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(dict(model=str(args.model or args.shape), device=args.device,
+                                                  dtype=args.dtype, threads=args.threads, rows=rows), indent=2))
+
+
+if __name__ == "__main__":
+    main()
