@@ -104,7 +104,12 @@ def visibility_rows(kinds: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     k = kinds[:stop]
     q = kinds[start:stop, None]
     causal = torch.arange(stop, device=kinds.device)[None, :] <= torch.arange(start, stop, device=kinds.device)[:, None]
-    return causal & ((k[None, :] == PROMPT) | (q == SUMMARY) | (q == k[None, :]))
+    return causal & sees(q, k[None, :])
+
+
+def sees(query_kind: torch.Tensor | int, key_kind: torch.Tensor) -> torch.Tensor:
+    """The two-phase rule apart from causality: the prompt is seen by all, the summary sees all, a path itself."""
+    return (key_kind == PROMPT) | (query_kind == SUMMARY) | (query_kind == key_kind)
 
 
 def attention_bias(visible: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

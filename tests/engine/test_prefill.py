@@ -98,3 +98,20 @@ def test_prompt_prefill_with_plain_causal_attention(tiny_llama, mode):
     else:
         ref = [p.logprobs for p in llm.generate([prompt], pp, SamplingParams(temperature=1.0, seed=4))[0].paths]
         assert all(_close(a, b, 1e-5) for a, b in zip(fast, ref))
+
+
+def test_reprefill_segments_read_only_what_they_see(tiny_qwen2, monkeypatch):
+    """Each path of a re-prefill reads the prompt and itself; the summary everything (layout.sees)."""
+    prompt, bodies, summary = _case(5, paths=4)
+    llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
+    reads = []
+    real = runner_mod.build_metadata
+    monkeypatch.setattr(runner_mod, "build_metadata",
+                        lambda new, read, kinds, dev: reads.append((len(new[0]), len(read[0]))) or real(new, read, kinds, dev))
+    out = llm.score(prompt, bodies, summary, ParallelParams(num_paths=4, mode="reprefill"))
+    packed = out.packed
+    segs = [(len(prompt), len(prompt))]  # (new tokens, keys read) expected per segment
+    segs += [(b - a, len(prompt) + b - a) for a, b in packed.path_spans]
+    s_a, _ = packed.summary_span
+    segs.append((1, s_a + 1))  # the summary's opening token (its forced body is decoded after)
+    assert reads[-len(segs):] == segs

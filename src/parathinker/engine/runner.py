@@ -91,6 +91,8 @@ class ModelRunner:
             attn = FreshCausal(self.kv.data, torch.tensor([chunks[0].new_slots], device=dev))
             self.num_forwards += 1
             return self.model.logits(self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)[:, -1])
+        if B == 1 and chunks[0].kinds is not None:
+            return self._forward_packed(chunks[0])
         if B == 1 and T * (sum(r.length for r in chunks[0].reads)) > MAX_MASK_ELEMENTS:
             return self._forward_long(chunks[0])
         return self._forward_dense(chunks, ids, pos, seg)
@@ -110,10 +112,10 @@ class ModelRunner:
         return self.model.logits(last)
 
     def _forward_long(self, c: Chunk) -> torch.Tensor:
-        """One long chunk (a long prompt, a re-prefill) in pieces of rows, so no mask exceeds MAX_MASK_ELEMENTS.
+        """One long causal chunk in pieces of rows, so that no mask exceeds MAX_MASK_ELEMENTS.
 
         Piece [a, b) writes its K/V and reads the context plus the chunk's tokens up to b (the
-        own run ends the read list, so that is a prefix of it); re-prefill kinds are cut to match.
+        own run ends the read list, so that is a prefix of it).
         """
         slots = list(chain.from_iterable(r.slot_list for r in c.reads))
         n = len(c.tokens)
@@ -121,11 +123,42 @@ class ModelRunner:
         rows = max(1, MAX_MASK_ELEMENTS // len(slots))
         for a in range(0, n, rows):
             b = min(n, a + rows)
-            piece = Chunk(c.tokens[a:b], c.positions[a:b], c.segments[a:b], c.new_slots[a:b], c.reads,
-                          None if c.kinds is None else c.kinds[:b])
-            t = [torch.tensor(x)[None] for x in (piece.tokens, piece.positions, piece.segments)]
-            logits = self._forward_dense([piece], *t, read_slots=[slots[: ctx + b]])
+            logits = self._forward_piece(c, a, b, slots[: ctx + b], None)
         return logits
+
+    def _forward_packed(self, c: Chunk) -> torch.Tensor:
+        """A re-prefill (prompt | paths | summary packed, ``c.kinds`` per new token): segment by segment.
+
+        Each run of tokens of one kind (the prompt, a path, the summary) reads only the keys the
+        layout lets that kind see (``layout.sees``: the prompt and itself; the summary everything),
+        so a path never pays for the other paths' keys: attention work ~ P x L x (prompt + L), not
+        (P x L)^2, and no mask exceeds MAX_MASK_ELEMENTS (long segments go in pieces of rows).
+        """
+        from ..layout import sees
+
+        assert c.kinds is not None and len(c.kinds) == len(c.tokens), "a packed chunk has one kind per new token"
+        slots = torch.tensor(list(chain.from_iterable(r.slot_list for r in c.reads)))
+        n, kinds = len(c.tokens), c.kinds.cpu()
+        ctx = len(slots) - n
+        starts = [0, *(torch.nonzero(kinds[1:] != kinds[:-1])[:, 0] + 1).tolist(), n]
+        for a, e in zip(starts, starts[1:]):
+            kind = int(kinds[a])
+            seen = sees(kind, kinds[:e])  # keys of the packed sequence this segment may read (up to its end)
+            rows = max(1, MAX_MASK_ELEMENTS // (ctx + int(seen.sum())))
+            for pa in range(a, e, rows):
+                b = min(e, pa + rows)
+                sel = torch.nonzero(seen[:b])[:, 0]  # ascending; the piece's own tokens are its last entries
+                read = torch.cat([slots[:ctx], slots[ctx + sel]]).tolist()
+                logits = self._forward_piece(c, pa, b, read, kinds[sel])
+        return logits
+
+    def _forward_piece(self, c: Chunk, a: int, b: int, read: list[int], kinds: torch.Tensor | None) -> torch.Tensor:
+        """New tokens [a, b) of ``c``, reading ``read`` (ending with them); ``kinds``: of read's last keys."""
+        piece = Chunk(c.tokens[a:b], c.positions[a:b], c.segments[a:b], c.new_slots[a:b], c.reads, kinds)
+        t = [torch.tensor(x)[None] for x in (piece.tokens, piece.positions, piece.segments)]
+        return self._forward_dense([piece], *t, read_slots=[read])
+
+
 def _padded_inputs(chunks: list[Chunk], T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, T) long token ids, positions, segment ids, zero padded: one tensor each from flat lists."""
     if T == 1:
