@@ -38,7 +38,7 @@ echo "gpu tests exit: ${PIPESTATUS[0]}" | tee -a "$out/gpu_tests.log"
 timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/engine_bench.py --shape qwen2.5-1.5b --device cuda --dtype bfloat16 --kv-gib 32 \
   --graphs both --fused both --paths 1,16 --contexts 2048,16384 --steps 32 --hf-max-context 2048 \
   --multi 32x8 --multi-context 1024 --multi-steps 64 --summary-paths 2,4,8,16 --summary-lens 1024,4096,16384 \
-  --out "$out" 2>&1 | tee "$out/bench.log"
+  --reprefill-max-tokens 262144 --out "$out" 2>&1 | tee "$out/bench.log"
 echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$out/bench.log"
 timeout "${PREFILL_TIMEOUT:-60}" python3 benchmarks/prefill_bench.py --shape qwen2.5-1.5b --device cuda --dtype bfloat16 \
   --lengths 2048,16384 --out "$out/prefill.json" 2>&1 | tee "$out/prefill.log"
