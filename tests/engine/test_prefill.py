@@ -37,12 +37,14 @@ def test_visibility_rows_are_rows_of_the_full_mask():
         assert torch.equal(visibility_rows(kinds, a, b), full[a:b, :b])
 
 
+@pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("mode", ["parathinker", "reprefill"])
-def test_long_chunks_in_pieces_score_the_same(tiny_qwen2, monkeypatch, mode):
-    """A mask budget of 64 elements cuts the prompt prefill and the re-prefill into many pieces."""
+def test_long_chunks_in_pieces_score_the_same(tiny_qwen2, monkeypatch, mode, causal):
+    """A budget of 64 (rows x keys) cuts the prompt prefill and the re-prefill into many pieces
+    (PagedCausal pieces, or the masked reference's)."""
     prompt, bodies, summary = _case(1)
     llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
-    llm.engine.runner.causal_prefill = False  # the prompt through the reference backend too (so it is cut)
+    llm.engine.runner.causal_prefill = causal
     pp = ParallelParams(num_paths=3, mode=mode)
     whole, n_whole = _forwards(llm, lambda: llm.score(prompt, bodies, summary, pp))
     monkeypatch.setattr(runner_mod, "MAX_MASK_ELEMENTS", 64)
@@ -71,33 +73,35 @@ def test_prefilled_forced_paths(tiny_qwen2, mode):
     assert n_fast < n_slow - 5  # no token-by-token path decoding
 
 
-@pytest.mark.parametrize("mode", ["parathinker", "majority"])
-def test_prompt_prefill_with_plain_causal_attention(tiny_llama, mode):
-    """Prompts go through FreshCausal (SDPA's causal mode, no mask, no gather): same numbers as the reference."""
+@pytest.mark.parametrize("mode", ["parathinker", "reprefill", "majority"])
+def test_multi_token_chunks_through_paged_causal(tiny_llama, mode):
+    """Prompts (fresh k'/v'), forced chunks after a context and re-prefill segments go through PagedCausal
+    (SDPA causal modes, no mask tensor): the same numbers as the masked reference backend."""
     from parathinker import SamplingParams
 
     prompt, bodies, summary = _case(3)
     llm = LLM(tiny_llama, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
-    runner = llm.engine.runner
+    pp = ParallelParams(mode="majority", num_paths=3, max_path_tokens=6)
+
+    def run():  # noqa: ANN202
+        if mode == "majority":
+            return [p.logprobs for p in llm.generate([prompt], pp, SamplingParams(temperature=1.0, seed=4))[0].paths]
+        return [llm.score(prompt, bodies, summary, ParallelParams(num_paths=3, mode=mode),
+                          path_logprobs=False).token_logprobs]
+
     calls = []
-    real = runner_mod.FreshCausal
-    runner_mod.FreshCausal = lambda *a: calls.append(1) or real(*a)
+    real = runner_mod.PagedCausal
+    runner_mod.PagedCausal = lambda cache, slots, read: calls.append(read is None) or real(cache, slots, read)
     try:
-        if mode == "parathinker":
-            fast = llm.score(prompt, bodies, summary).token_logprobs
-        else:
-            pp = ParallelParams(mode="majority", num_paths=3, max_path_tokens=6)
-            fast = [p.logprobs for p in llm.generate([prompt], pp, SamplingParams(temperature=1.0, seed=4))[0].paths]
+        fast = run()
     finally:
-        runner_mod.FreshCausal = real
-    assert calls  # the prompt took the causal path
-    runner.causal_prefill = False
-    if mode == "parathinker":
-        ref = llm.score(prompt, bodies, summary).token_logprobs
-        assert _close(fast, ref, 1e-5)
-    else:
-        ref = [p.logprobs for p in llm.generate([prompt], pp, SamplingParams(temperature=1.0, seed=4))[0].paths]
-        assert all(_close(a, b, 1e-5) for a, b in zip(fast, ref))
+        runner_mod.PagedCausal = real
+    assert True in calls  # the prompt, over its fresh k'/v'
+    if mode != "majority":
+        assert False in calls  # forced path bodies (after the prompt) and re-prefill segments, over pool keys
+    llm.engine.runner.causal_prefill = False
+    ref = run()
+    assert all(_close(a, b, 1e-5) for a, b in zip(fast, ref))
 
 
 def test_reprefill_segments_read_only_what_they_see(tiny_qwen2, monkeypatch):
@@ -105,9 +109,13 @@ def test_reprefill_segments_read_only_what_they_see(tiny_qwen2, monkeypatch):
     prompt, bodies, summary = _case(5, paths=4)
     llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
     reads = []
-    real = runner_mod.build_metadata
-    monkeypatch.setattr(runner_mod, "build_metadata",
-                        lambda new, read, kinds, dev: reads.append((len(new[0]), len(read[0]))) or real(new, read, kinds, dev))
+    real = runner_mod.PagedCausal
+
+    def spy(cache, slots, read):  # noqa: ANN001, ANN202 - (new tokens, keys read) of each piece
+        reads.append((slots.shape[1], slots.shape[1] if read is None else read.shape[1]))
+        return real(cache, slots, read)
+
+    monkeypatch.setattr(runner_mod, "PagedCausal", spy)
     out = llm.score(prompt, bodies, summary, ParallelParams(num_paths=4, mode="reprefill"))
     packed = out.packed
     segs = [(len(prompt), len(prompt))]  # (new tokens, keys read) expected per segment

@@ -90,20 +90,27 @@ class PagedReference:
         return sdpa(q, keys, values, self.meta.bias)
 
 
-class FreshCausal:
-    """Prefill of a sequence that reads nothing but its own new tokens (a prompt): plain causal attention.
+class PagedCausal:
+    """One chunk of new tokens over its keys (context, then themselves), causally: no [T, S] mask.
 
-    Writes k', v' into their slots and attends over the k', v' just computed with SDPA's causal
-    mode (flash kernels where available): no gather from the pool and no [T, S] mask.
+    Writes k', v' into their slots, then SDPA in a causal mode: bottom-right aligned over the keys
+    read from the pool through ``read_slots`` (1, S) (``torch.nn.attention.bias.causal_lower_right``),
+    or plain causal over the k', v' just computed when the chunk reads nothing else (a prompt).
+    Every multi-token chunk of the engine is of this form: a prompt, forced tokens after a context,
+    and each segment of a re-prefill once its keys are cut to those its kind sees (``layout.sees``).
     """
 
-    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor):
+    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, read_slots: torch.Tensor | None):
         self.cache = cache
         self.slot_mapping = slot_mapping  # (1, T) long
+        self.read_slots = read_slots  # (1, S) long, the new tokens last; None: only the new tokens
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        write_kv(self.cache[layer], self.slot_mapping, k, v)
-        return sdpa(q, k.to(self.cache.dtype), v.to(self.cache.dtype), None, causal=True)
+        kv = self.cache[layer]
+        write_kv(kv, self.slot_mapping, k, v)
+        if self.read_slots is None:
+            return sdpa(q, k.to(kv.dtype), v.to(kv.dtype), None, causal=True)
+        return sdpa(q, kv[0][self.read_slots], kv[1][self.read_slots], None, causal=True)
 
 
 def triton_available() -> bool:

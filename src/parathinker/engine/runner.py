@@ -8,7 +8,7 @@ from itertools import chain
 import torch
 
 from ..model import ParaThinkerForCausalLM
-from .attention import FreshCausal, PagedCascade, PagedReference, build_metadata, triton_available
+from .attention import PagedCascade, PagedCausal, PagedReference, build_metadata, triton_available
 from .block_manager import Run
 from .fused import FusedDecoder
 from .kv_cache import CacheConfig, KVCache
@@ -39,7 +39,7 @@ class ModelRunner:
         self.fused = None  # the decode forward with fused GEMMs/kernels (Triton ones with triton attention)
         if cache_config.fused_decode:
             self._make_fused()
-        self.causal_prefill = True  # prompts through FreshCausal (False: the reference backend, for comparisons)
+        self.causal_prefill = True  # multi-token chunks through PagedCausal (False: the masked reference, for comparisons)
         self.decoder = None  # decode steps through static per-bucket buffers (CUDA graphs on CUDA)
         if self.decode_backend == "triton":
             from .graph_runner import DecodeGraphs
@@ -86,15 +86,9 @@ class ModelRunner:
                 return self.model.logits(self.fused.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn))
             hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
             return self.model.logits(hidden[:, 0])
-        if B == 1 and self.causal_prefill and chunks[0].kinds is None and sum(r.length for r in chunks[0].reads) == T:
-            # a prompt: reads only its own tokens, causally
-            attn = FreshCausal(self.kv.data, torch.tensor([chunks[0].new_slots], device=dev))
-            self.num_forwards += 1
-            return self.model.logits(self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)[:, -1])
-        if B == 1 and chunks[0].kinds is not None:
-            return self._forward_packed(chunks[0])
-        if B == 1 and T * (sum(r.length for r in chunks[0].reads)) > MAX_MASK_ELEMENTS:
-            return self._forward_long(chunks[0])
+        if B == 1:  # a multi-token chunk (the engine runs each alone): prompt, forced tokens, re-prefill
+            c = chunks[0]
+            return self._forward_packed(c) if c.kinds is not None else self._forward_causal(c)
         return self._forward_dense(chunks, ids, pos, seg)
 
     def _forward_dense(self, chunks: list[Chunk], ids: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor,
@@ -111,11 +105,12 @@ class ModelRunner:
         last = hidden[torch.arange(B, device=dev), lengths - 1]  # (B, D)
         return self.model.logits(last)
 
-    def _forward_long(self, c: Chunk) -> torch.Tensor:
-        """One long causal chunk in pieces of rows, so that no mask exceeds MAX_MASK_ELEMENTS.
+    def _forward_causal(self, c: Chunk) -> torch.Tensor:
+        """A chunk that reads its context, then its own new tokens causally (a prompt, forced tokens).
 
-        Piece [a, b) writes its K/V and reads the context plus the chunk's tokens up to b (the
-        own run ends the read list, so that is a prefix of it).
+        In pieces of rows when long, so that no piece's (rows x keys) could pass MAX_MASK_ELEMENTS
+        (where SDPA has no kernel for the causal pattern it materialises one): piece [a, b) writes its
+        K/V and reads the context plus the chunk's tokens up to b (a prefix of the read list).
         """
         slots = list(chain.from_iterable(r.slot_list for r in c.reads))
         n = len(c.tokens)
@@ -153,10 +148,21 @@ class ModelRunner:
         return logits
 
     def _forward_piece(self, c: Chunk, a: int, b: int, read: list[int], kinds: torch.Tensor | None) -> torch.Tensor:
-        """New tokens [a, b) of ``c``, reading ``read`` (ending with them); ``kinds``: of read's last keys."""
-        piece = Chunk(c.tokens[a:b], c.positions[a:b], c.segments[a:b], c.new_slots[a:b], c.reads, kinds)
-        t = [torch.tensor(x)[None] for x in (piece.tokens, piece.positions, piece.segments)]
-        return self._forward_dense([piece], *t, read_slots=[read])
+        """New tokens [a, b) of ``c`` reading ``read`` (ending with them), every key visible causally.
+
+        ``PagedCausal`` (SDPA's causal modes, no mask tensor) unless ``causal_prefill`` is off: then
+        the reference backend with an explicit mask (``kinds``: the layout kinds of read's last keys).
+        """
+        t = [torch.tensor(x[a:b])[None] for x in (c.tokens, c.positions, c.segments)]
+        if not self.causal_prefill:
+            piece = Chunk(c.tokens[a:b], c.positions[a:b], c.segments[a:b], c.new_slots[a:b], c.reads, kinds)
+            return self._forward_dense([piece], *t, read_slots=[read])
+        dev = self.device
+        fresh = len(read) == b - a  # reads nothing but these tokens (a prompt): attend to the k', v' just made
+        attn = PagedCausal(self.kv.data, torch.tensor([c.new_slots[a:b]], device=dev),
+                           None if fresh else torch.tensor([read], device=dev))
+        self.num_forwards += 1
+        return self.model.logits(self.model.hidden(*(x.to(dev) for x in t), attn)[:, -1])
 
 
 def _padded_inputs(chunks: list[Chunk], T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

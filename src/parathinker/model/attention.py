@@ -30,12 +30,20 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor |
          causal: bool = False) -> torch.Tensor:
     """Reference attention. q (B, T, H, hd), k/v (B, S, KVH, hd), bias (B, 1, T, S) additive -> (B, T, H, hd).
 
-    ``causal`` (no bias; T == S): plain causal attention, which lets SDPA pick its flash kernels.
+    ``causal`` (no bias): query i sees keys up to S - T + i (bottom-right aligned, so T < S means
+    a context before the queries); SDPA's causal modes, no mask tensor (flash kernels where available).
     """
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, heads, len, hd)
-    if bias is not None:
+    T, S = q.shape[2], k.shape[2]
+    is_causal = causal and T == S
+    if causal and T != S:
+        from torch.nn.attention.bias import causal_lower_right
+
+        bias = causal_lower_right(T, S)
+    elif bias is not None:
         bias = bias.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal, enable_gqa=k.shape[1] != q.shape[1])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=is_causal,
+                                         enable_gqa=k.shape[1] != q.shape[1])
     return out.transpose(1, 2)
 
 
