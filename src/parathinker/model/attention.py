@@ -36,14 +36,17 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor |
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, heads, len, hd)
     T, S = q.shape[2], k.shape[2]
     is_causal = causal and T == S
+    gqa = k.shape[1] != q.shape[1]
     if causal and T != S:
         from torch.nn.attention.bias import causal_lower_right
 
         bias = causal_lower_right(T, S)
+        if gqa and q.device.type != "cpu":  # CausalBias hands GPU kernels k/v as given: same head count there
+            k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+            gqa = False
     elif bias is not None:
         bias = bias.to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=is_causal,
-                                         enable_gqa=k.shape[1] != q.shape[1])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=is_causal, enable_gqa=gqa)
     return out.transpose(1, 2)
 
 
