@@ -25,7 +25,7 @@ if [ "${SMOKE:-0}" = "1" ]; then
   timeout 300 python3 benchmarks/engine_bench.py --shape tiny --device cpu --dtype float32 --attention triton \
     --paths 1,3 --contexts 40 --steps 6 --multi 2x2 --multi-context 16 --multi-steps 6 \
     --summary-paths 2,3 --summary-lens 8,40 --reprefill-max-tokens 100 --fused both --no-hf --out "$out" 2>&1 | tee "$out/bench.log"
-  timeout 300 python3 benchmarks/prefill_bench.py --shape tiny --device cpu --lengths 64,256 --repeats 1 \
+  timeout 300 python3 benchmarks/prefill_bench.py --shape tiny --device cpu --lengths 64,256 --repeats 1 --batch 4x32 \
     --out "$out/prefill.json" 2>&1 | tee "$out/prefill.log"
   timeout 300 python3 benchmarks/step_profile.py --shape tiny --device cpu --dtype float32 --attention triton \
     --paths 1 --context 40 --steps 4 --out "$out" 2>&1 | tee "$out/profile.log"
@@ -41,7 +41,7 @@ timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/engine_bench.py --shape qwen2
   --reprefill-max-tokens 262144 --out "$out" 2>&1 | tee "$out/bench.log"
 echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$out/bench.log"
 timeout "${PREFILL_TIMEOUT:-60}" python3 benchmarks/prefill_bench.py --shape qwen2.5-1.5b --device cuda --dtype bfloat16 \
-  --lengths 2048,16384 --out "$out/prefill.json" 2>&1 | tee "$out/prefill.log"
+  --lengths 2048,16384 --batch 32x1024 --out "$out/prefill.json" 2>&1 | tee "$out/prefill.log"
 echo "prefill exit: ${PIPESTATUS[0]}" | tee -a "$out/prefill.log"
 timeout "${PROFILE_TIMEOUT:-90}" python3 benchmarks/step_profile.py --shape qwen2.5-1.5b --device cuda --dtype bfloat16 \
   --paths 1,16 --context 2048 --out "$out" 2>&1 | tee "$out/profile.log"

@@ -35,6 +35,26 @@ def engine_prefill_ms(llm, ids: list[int], causal: bool) -> float:  # noqa: ANN0
     return 1000 * req.stats["time_prefill"]
 
 
+def batch_prefill_ms(llm, prompts: list[list[int]], packed: bool) -> float:  # noqa: ANN001
+    """Wall time of admitting ``prompts`` together: their prefill (packed into shared forwards, or one
+    forward each) plus one decode step."""
+    from parathinker import ParallelParams, SamplingParams
+    from parathinker.engine import runner
+
+    saved = runner.MAX_PREFILL_TOKENS
+    runner.MAX_PREFILL_TOKENS = saved if packed else 1
+    try:
+        pp = ParallelParams(mode="majority", num_paths=1, max_path_tokens=1)
+        specs = [_spec(p, pp, SamplingParams(temperature=0.0)) for p in prompts]
+        sync(str(llm.model.device))
+        t = time.perf_counter()
+        llm.engine.run(specs)
+        sync(str(llm.model.device))
+        return 1000 * (time.perf_counter() - t)
+    finally:
+        runner.MAX_PREFILL_TOKENS = saved
+
+
 def hf_prefill_ms(hf, ids: list[int], device: str) -> float:  # noqa: ANN001
     x = torch.tensor([ids], device=device)
     sync(device)
@@ -53,6 +73,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--lengths", default="512,2048")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", default="", help="also N prompts of length L admitted together, packed vs one by one: "
+                    "'N x L' (e.g. 16x128)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", default="/tmp/parathinker-bench-models")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
@@ -86,9 +108,23 @@ def main() -> None:
         rows.append(row)
         print(f"{n:>7} {row['causal_ms']:>17.1f} {row['reference_ms']:>20.1f} {row['hf_ms']:>16.1f} "
               f"{row['reference_ms'] / row['causal_ms']:>13.2f}x {row['hf_ms'] / row['causal_ms']:>12.2f}x", flush=True)
+    batch = None
+    if args.batch:
+        nb, lb = (int(x) for x in args.batch.lower().split("x"))
+        prompts = [[100 + (i * 7919 + r * 31) % (vocab - 100) for i in range(lb)] for r in range(nb)]
+        batch_prefill_ms(llm, prompts, True)  # warm-up
+        a, b = [], []
+        for _ in range(args.repeats):
+            a.append(batch_prefill_ms(llm, prompts, True))
+            b.append(batch_prefill_ms(llm, prompts, False))
+        batch = dict(requests=nb, tokens=lb, packed_ms=statistics.median(a), one_by_one_ms=statistics.median(b))
+        print(f"{nb} prompts x {lb} tokens admitted together (prefill + one decode step): packed "
+              f"{batch['packed_ms']:.1f} ms, one forward each {batch['one_by_one_ms']:.1f} ms "
+              f"({batch['one_by_one_ms'] / batch['packed_ms']:.2f}x)", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(dict(model=str(args.model or args.shape), device=args.device,
-                                                  dtype=args.dtype, threads=args.threads, rows=rows), indent=2))
+                                                  dtype=args.dtype, threads=args.threads, rows=rows, batch=batch),
+                                             indent=2))
 
 
 if __name__ == "__main__":

@@ -123,3 +123,25 @@ def test_reprefill_segments_read_only_what_they_see(tiny_qwen2, monkeypatch):
     s_a, _ = packed.summary_span
     segs.append((1, s_a + 1))  # the summary's opening token (its forced body is decoded after)
     assert reads[-len(segs):] == segs
+
+
+def test_prompts_prefilled_together_equal_one_by_one(tiny_qwen2, monkeypatch):
+    """Five requests of different prompt lengths: one packed prefill forward, same draws and log-probs."""
+    from parathinker import SamplingParams
+
+    rng = random.Random(9)
+    prompts = [[rng.randrange(4, 50) for _ in range(n)] for n in (3, 17, 9, 30, 1)]
+    pp = ParallelParams(num_paths=3, max_path_tokens=5, summary_max_tokens=3)
+    sp = SamplingParams(temperature=1.0, seed=2)
+    llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
+    packs = []
+    real = runner_mod.PackedPrompts
+    monkeypatch.setattr(runner_mod, "PackedPrompts", lambda cache, slots, lens: packs.append(lens) or real(cache, slots, lens))
+    together = llm.generate(prompts, pp, sp)
+    assert packs and packs[0] == [3, 17, 9, 30, 1]  # all five in one forward
+    monkeypatch.setattr(runner_mod, "MAX_PREFILL_TOKENS", 1)  # each prompt alone
+    alone = llm.generate(prompts, pp, sp)
+    for a, b in zip(together, alone):
+        assert [p.token_ids for p in a.paths] == [p.token_ids for p in b.paths]
+        assert a.summary.token_ids == b.summary.token_ids
+        assert all(_close(x.logprobs, y.logprobs, 1e-5) for x, y in zip(a.paths, b.paths))

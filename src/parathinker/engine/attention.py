@@ -9,7 +9,7 @@ additive mask. Faster backends (shared-prefix / cascade kernels, CUDA graphs) mu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain
+from itertools import accumulate, chain
 
 import torch
 
@@ -111,6 +111,26 @@ class PagedCausal:
         if self.read_slots is None:
             return sdpa(q, k.to(kv.dtype), v.to(kv.dtype), None, causal=True)
         return sdpa(q, kv[0][self.read_slots], kv[1][self.read_slots], None, causal=True)
+
+
+class PackedPrompts:
+    """Several prompts packed end to end in one row (one weight pass): each attends causally to itself only.
+
+    Writes every token's k', v' into its slot, then runs SDPA's causal mode per prompt over the
+    k', v' just computed (no mask tensor, nothing read from the pool).
+    """
+
+    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, lens: list[int]):
+        self.cache = cache
+        self.slot_mapping = slot_mapping  # (1, sum(lens)) long
+        ends = list(accumulate(lens))
+        self.bounds = [(e - n, e) for e, n in zip(ends, lens)]  # [start, end) of each prompt
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        kv = self.cache[layer]
+        write_kv(kv, self.slot_mapping, k, v)
+        k, v = k.to(kv.dtype), v.to(kv.dtype)
+        return torch.cat([sdpa(q[:, a:b], k[:, a:b], v[:, a:b], None, causal=True) for a, b in self.bounds], dim=1)
 
 
 def triton_available() -> bool:

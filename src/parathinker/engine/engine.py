@@ -108,11 +108,14 @@ class Engine:
         waiting = deque(zip(reqs, needs))
         active: list[Request] = []
         while waiting or active:
+            admitted = []
             while waiting and self.pool.can_admit(waiting[0][1]):
                 req, need = waiting.popleft()
                 self.pool.admit(req.id, need)
-                self._prefill(req)
-                active.append(req)
+                admitted.append(req)
+            if admitted:  # their prompts are prefilled together
+                self._prefill(admitted)
+                active.extend(admitted)
             self._step(active)
             if on_step:
                 on_step(active)
@@ -142,15 +145,23 @@ class Engine:
             self._advance(r)
 
     # ---------------------------------------------------------------- phases
-    def _prefill(self, req: Request) -> None:
-        req.mark("start")
-        L = req.prompt_len
-        req.prompt_run = self.pool.new_run()
-        slots = self.pool.extend(req.prompt_run, L, req.id)
-        chunk = Chunk(req.spec.prompt_ids, list(range(L)), [0] * L, slots, [req.prompt_run])
-        logits = self.runner.forward([chunk])  # (1, V)
-        req.stats["prefill_tokens"] += L
-        req.mark("prefill")
+    def _prefill(self, reqs: list[Request]) -> None:
+        """Prefill the prompts of newly admitted requests (batched: ``runner.prefill``), then start their paths."""
+        chunks = []
+        for req in reqs:
+            req.mark("start")
+            L = req.prompt_len
+            req.prompt_run = self.pool.new_run()
+            slots = self.pool.extend(req.prompt_run, L, req.id)
+            chunks.append(Chunk(req.spec.prompt_ids, list(range(L)), [0] * L, slots, [req.prompt_run]))
+        logits = self.runner.prefill(chunks)  # (len(reqs), V)
+        for k, req in enumerate(reqs):
+            req.stats["prefill_tokens"] += req.prompt_len
+            req.mark("prefill")
+            self._start_paths(req, logits[k : k + 1])
+
+    def _start_paths(self, req: Request, logits: torch.Tensor) -> None:
+        """The request's paths (or samples) after its prompt; ``logits`` (1, V) of the prompt's last token."""
         req.phase = "paths"
         pp = req.pp
         if pp.mode in ("sequential", "majority"):

@@ -8,12 +8,20 @@ from itertools import chain
 import torch
 
 from ..model import ParaThinkerForCausalLM
-from .attention import PagedCascade, PagedCausal, PagedReference, build_metadata, triton_available
+from .attention import (
+    PackedPrompts,
+    PagedCascade,
+    PagedCausal,
+    PagedReference,
+    build_metadata,
+    triton_available,
+)
 from .block_manager import Run
 from .fused import FusedDecoder
 from .kv_cache import CacheConfig, KVCache
 
 MAX_MASK_ELEMENTS = 2**28  # a prefill's (rows x keys) mask stays under 1 GiB of float32; longer ones go in pieces
+MAX_PREFILL_TOKENS = 16384  # prompts packed into one prefill forward, at most this many tokens together
 
 
 @dataclass
@@ -68,6 +76,36 @@ class ModelRunner:
         if cuda_graphs is not None and self.decoder is not None:
             dec = self.decoder
             dec.use_graphs = cuda_graphs and dec.device.type == "cuda" and dec.error is None
+
+    @torch.inference_mode()
+    def prefill(self, chunks: list[Chunk]) -> torch.Tensor:
+        """Logits (len(chunks), V) at the last token of each prompt (chunks that read only their own tokens).
+
+        Prompts are packed into forwards of at most ``MAX_PREFILL_TOKENS`` tokens (one weight pass for
+        many short prompts; attention per prompt, ``PackedPrompts``); a longer prompt goes alone.
+        """
+        out: list[torch.Tensor] = []
+        batch: list[Chunk] = []
+        for c in [*chunks, None]:
+            full = c is None or (batch and sum(len(b.tokens) for b in batch) + len(c.tokens) > MAX_PREFILL_TOKENS)
+            if batch and full:
+                out.append(self.forward(batch) if len(batch) == 1 or not self.causal_prefill else self._packed(batch))
+                batch = []
+            if c is not None:
+                batch.append(c)
+        return torch.cat(out)
+
+    def _packed(self, chunks: list[Chunk]) -> torch.Tensor:
+        dev = self.device
+        lens = [len(c.tokens) for c in chunks]
+        flat = [torch.tensor(list(chain.from_iterable(getattr(c, f) for c in chunks)))[None]
+                for f in ("tokens", "positions", "segments")]
+        slots = torch.tensor([list(chain.from_iterable(c.new_slots for c in chunks))], device=dev)
+        attn = PackedPrompts(self.kv.data, slots, lens)
+        hidden = self.model.hidden(*(x.to(dev) for x in flat), attn)  # (1, sum(lens), D)
+        self.num_forwards += 1
+        ends = torch.tensor(lens).cumsum(0) - 1
+        return self.model.logits(hidden[0, ends.to(dev)])
 
     @torch.inference_mode()
     def forward(self, chunks: list[Chunk]) -> torch.Tensor:
