@@ -137,42 +137,39 @@ if triton is not None:
         tl.store(OUT + b * N + cols, (g / (1.0 + tl.exp(-g)) * u).to(OUT.dtype.element_ty), mask=ok)
 
     @triton.jit
-    def _merge_class(OUT_P, LSE, e, ok, ok_v, S, BQG, Q, KVH, kvh, g, d, m, den, acc, G: tl.constexpr, D: tl.constexpr):
-        """Fold entry ``e`` (list e // Q, query slot e % Q) of one class into (m, den, acc), if ``ok``."""
-        for s in range(S):
-            idx = (((e // Q) * KVH + kvh) * S + s) * BQG + (e % Q) * G + g
-            lse = tl.load(LSE + idx, mask=ok, other=float("-inf"))
-            o = tl.load(OUT_P + idx * D + d, mask=ok_v, other=0.0)
-            m_new = tl.maximum(m, lse)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            a = tl.exp(m - m_safe)
-            w = tl.exp(lse - m_safe)
-            acc = acc * a + o * w
-            den = den * a + w
-            m = m_new
-        return m, den, acc
+    def _merge_class(OUT_P, LSE, e, lo, hi, S, BQG, Q, KVH, kvh, g, d, m, den, acc, G: tl.constexpr, D: tl.constexpr,
+                     SB: tl.constexpr):
+        """Fold entry ``e`` of the class holding entries [lo, hi) into (m, den, acc): all its S splits at once."""
+        s = tl.arange(0, SB)
+        ev = e + s * 0  # the entry as a vector: vector masks only (Triton's interpreter rejects scalar & vector)
+        ok = (ev >= lo) & (ev < hi) & (s < S)
+        el = tl.where(ok, ev - lo, 0)  # (list, query slot) = (el // Q, el % Q) within the class
+        idx = (((el // Q) * KVH + kvh) * S + s) * BQG + (el % Q) * G + g  # (SB,)
+        lse = tl.load(LSE + idx, mask=ok, other=float("-inf"))
+        o = tl.load(OUT_P + idx[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)  # (SB, D)
+        m_new = tl.maximum(m, tl.max(lse, 0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        a = tl.exp(m - m_safe)
+        w = tl.exp(lse - m_safe)  # (SB,); 0 for empty splits and masked lanes
+        return m_new, den * a + tl.sum(w, 0), acc * a + tl.sum(o * w[:, None], 0)
 
     @triton.jit
     def _merge_kernel(ENT, K, O0, L0, O1, L1, OUT, E0, SENT, KVH, S0, BQG0, Q0, S1, BQG1, Q1,
-                      G: tl.constexpr, D: tl.constexpr):
+                      G: tl.constexpr, D: tl.constexpr, SB0: tl.constexpr, SB1: tl.constexpr, HAS0: tl.constexpr):
         r = tl.program_id(0).to(tl.int64)
         h = tl.program_id(1)
         kvh = h // G
         g = h % G
         d = tl.arange(0, D)
-        m = tl.full((1,), float("-inf"), tl.float32)  # (1,): loop-carried like the loads it meets
+        m = tl.full((1,), float("-inf"), tl.float32)  # (1,): loop-carried like the values it meets
         den = tl.zeros((1,), tl.float32)
         acc = tl.zeros((D,), tl.float32)
-        for k in range(K):
+        for k in range(K):  # the row's entries (a handful); each entry's splits are read in one vector load
             e = tl.load(ENT + r * K + k)
-            ev = e + d * 0  # the entry as a (D,) vector: vector masks (Triton's interpreter rejects scalar & vector)
-            # class 0: the shared lists, entries 0..E0-1; class 1: the single lists; the sentinel (SENT) holds nothing
-            in0 = e < E0
-            m, den, acc = _merge_class(O0, L0, tl.where(in0, e, 0), in0, ev < E0, S0, BQG0, Q0, KVH, kvh, g, d,
-                                       m, den, acc, G, D)
-            in1 = (e >= E0) & (e < SENT)
-            m, den, acc = _merge_class(O1, L1, tl.where(in1, e - E0, 0), in1, (ev >= E0) & (ev < SENT), S1, BQG1, Q1,
-                                       KVH, kvh, g, d, m, den, acc, G, D)
+            # class 0: the shared lists, entries [0, E0); class 1: the single lists, [E0, SENT); SENT holds nothing
+            if HAS0:
+                m, den, acc = _merge_class(O0, L0, e, 0, E0, S0, BQG0, Q0, KVH, kvh, g, d, m, den, acc, G, D, SB0)
+            m, den, acc = _merge_class(O1, L1, e, E0, SENT, S1, BQG1, Q1, KVH, kvh, g, d, m, den, acc, G, D, SB1)
         out = acc / tl.maximum(den, 1e-30)
         tl.store(OUT + (r * (KVH * G) + h) * D + d, out.to(OUT.dtype.element_ty))
 
@@ -244,5 +241,6 @@ def merge(parts: list[tuple[torch.Tensor, torch.Tensor, int]], row_entries: torc
     out = torch.empty(R, KVH * G, D, dtype=dtype, device=o1.device)
     _merge_kernel[(R, KVH * G)](
         row_entries, K, o0, l0, o1, l1, out, e0, e0 + L1 * q1, KVH, s0, o0.shape[3], q0, S1, BQG1, q1, G=G, D=D,
+        SB0=triton.next_power_of_2(max(1, s0)), SB1=triton.next_power_of_2(S1), HAS0=len(parts) == 2,
     )
     return out
