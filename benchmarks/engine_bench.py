@@ -307,9 +307,10 @@ def main() -> None:
                 "      skipped" if b.get("skipped") else "       failed")
             print(f"{P:>5} {n:>6} {fa} {fb}", flush=True)
     dec = llm.engine.runner.decoder
-    res["graph_runner"] = dict(stats=dict(dec.stats), error=dec.error, buckets=sorted(dec.states)) if dec else None
+    res["graph_runner"] = dict(stats=dict(dec.stats), error=dec.error, fused_error=dec.fused_error,
+                               buckets=sorted(dec.states)) if dec else None
     if dec is not None:
-        print(f"graph runner: {dec.stats}; error: {dec.error}", flush=True)
+        print(f"graph runner: {dec.stats}; error: {dec.error}; fused step error: {dec.fused_error}", flush=True)
     save()
     try:
         plot(res, out / "engine_bench.png")

@@ -165,3 +165,22 @@ def test_engine_with_and_without_fused_decode(tiny_qwen2, attention):
     gb = off.generate([prompt], pp, sp)[0]
     assert [p.token_ids for p in ga.paths] == [p.token_ids for p in gb.paths]
     assert ga.summary.token_ids == gb.summary.token_ids
+
+
+@needs_cpu
+def test_fused_step_that_fails_falls_back_to_the_modular_step(tiny_qwen2, monkeypatch):
+    """A fused kernel that cannot run (say, does not compile on this GPU): warned, recorded, modular step, same result."""
+    kw = dict(kv_cache_memory=0.05, page_size=4, attention="triton")
+    ok = LLM(tiny_qwen2, cache=CacheConfig(fused_decode=False, **kw))
+    llm = LLM(tiny_qwen2, cache=CacheConfig(fused_decode=True, **kw))
+
+    def broken(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("no kernel for you")
+
+    monkeypatch.setattr(kernels, "silu_mul", broken)
+    pp = ParallelParams(num_paths=2, max_path_tokens=4, summary_max_tokens=2)
+    sp = SamplingParams(temperature=0.0)
+    a, b = llm.generate([[5, 6, 7]], pp, sp)[0], ok.generate([[5, 6, 7]], pp, sp)[0]
+    assert [p.token_ids for p in a.paths] == [p.token_ids for p in b.paths]
+    dec = llm.engine.runner.decoder
+    assert dec.fused is None and "no kernel for you" in dec.fused_error

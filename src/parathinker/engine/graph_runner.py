@@ -239,6 +239,8 @@ class DecodeGraphs:
         self.pool = None
         self.stats = dict(captures=0, replays=0, eager=0)
         self.error: str | None = None  # why graphs were switched off, if they were
+        self.fused_error: str | None = None  # why the fused step was switched off, if it was
+        self._fused_ran = False  # the fused step has run once (its kernels compiled) on this machine
 
     def set_forward(self, fused: FusedDecoder | None) -> None:
         """Decode through ``fused`` (None: the modular forward) from now on; captured graphs are dropped."""
@@ -273,9 +275,21 @@ class DecodeGraphs:
         return self._forward(st)[:n]
 
     def _forward(self, st: DecodeState) -> torch.Tensor:
-        attn = st.attention(self.cache, self.page_size, merge_kernel=self.fused is not None)
-        if self.fused is not None:
-            return self.model.logits(self.fused.hidden(st.d["ids"], st.d["pos"], st.d["seg"], attn))
+        if self.fused is not None and not self._fused_ran:  # its kernels' first run (compilation) may fail here
+            try:
+                out = self._forward_with(st, self.fused)
+                self._fused_ran = True
+                return out
+            except Exception as e:  # noqa: BLE001 - e.g. a kernel this GPU/Triton cannot compile: keep serving
+                self.fused_error = f"{type(e).__name__}: {e}"
+                self.fused = None
+                log.warning("fused decode step failed (%s); decoding with the modular step", self.fused_error)
+        return self._forward_with(st, self.fused)
+
+    def _forward_with(self, st: DecodeState, fused: FusedDecoder | None) -> torch.Tensor:
+        attn = st.attention(self.cache, self.page_size, merge_kernel=fused is not None)
+        if fused is not None:
+            return self.model.logits(fused.hidden(st.d["ids"], st.d["pos"], st.d["seg"], attn))
         hidden = self.model.hidden(st.d["ids"], st.d["pos"], st.d["seg"], attn)  # (B, 1, D)
         return self.model.logits(hidden[:, 0])  # (B, V) float32
 
