@@ -208,7 +208,7 @@ class Engine:
             packed = pack(req.spec.prompt_ids, bodies, prefix, c, config=layout, close_summary=False)
             s = Seq(req, "reprefill", 0, 0, [own], own, 0, banned, frozenset(c.summary_end_ids()), budget)
             s.pending, s.pending_positions, s.pending_segments = packed.input_ids, packed.positions, packed.segment_ids
-            s.kinds = torch.tensor(packed.kinds)  # the layout builds its mask a block of rows at a time
+            s.kinds = torch.tensor(packed.kinds)  # per token: the runner reads each segment by layout.sees
             s.next_position, s.t0 = packed.positions[-1] + 1, len(packed)
         else:
             reads = [self.pool.share(req.prompt_run)] + [self.pool.share(p.own) for p in req.seqs] + [own]
