@@ -82,7 +82,7 @@ def test_triton_decode_kernel_compiled_matches_reference():
         assert torch.allclose(out[r].float(), ref, atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-4), ("bfloat16", 5e-2)])
+@pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-4), ("bfloat16", 0.1)])
 @pytest.mark.parametrize("mode", ["parathinker", "reprefill"])
 def test_cuda_causal_prefill_equals_masked_reference(tiny_qwen2, dtype, tol, mode):
     """PagedCausal on CUDA (flash / memory-efficient causal kernels, GQA heads expanded for the
