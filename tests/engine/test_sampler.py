@@ -102,3 +102,17 @@ def test_engine_redraws_flagged_rows_with_model_logprobs(tiny_qwen2, monkeypatch
     for p, (a, _) in zip(out.paths, scored.packed.path_spans):
         body = scored.token_logprobs[a : a + len(p.token_ids)]
         assert max(abs(x - y) for x, y in zip(p.logprobs, body)) <= 1e-4
+
+
+def test_top_k_row_does_not_depend_on_a_wider_neighbour():
+    """A top-k row races over its own k candidates, whatever window the batch needs for other rows."""
+    torch.manual_seed(4)
+    logits = torch.randn(4, 5000) * 0.3  # flat: the noise decides
+
+    def request(seed, n, **kw):  # n rows of one request: one generator
+        r = _row(seed, **kw)
+        return [r] * n
+
+    alone = sample(logits[:3], request(5, 3, temperature=1.0, top_k=40))
+    together = sample(logits, request(5, 3, temperature=1.0, top_k=40) + request(6, 1, temperature=1.0, top_k=2000))
+    assert together[:3] == alone

@@ -68,10 +68,17 @@ def sample_tensor(logits: torch.Tensor, rows: list[Row]) -> tuple[torch.Tensor, 
         probs = torch.softmax(lg / temps.to(dev, non_blocking=True)[:, None], dim=-1)
         if filtered:
             probs, ids, flag = _filtered(probs, [rows[i].params for i in idx])
-        noise = torch.empty_like(probs)
+        noise = torch.ones_like(probs) if filtered else torch.empty_like(probs)
         k = 0
         for a, b in part:
-            noise[k : k + b - a].exponential_(generator=rows[a].generator)
+            # a request draws noise only for its own window (top-k rows: their k candidates), as a contiguous
+            # block, so its stream does not depend on the rest of the batch; outside it probs are 0
+            g = rows[a].generator
+            if filtered:
+                w = _noise_width(rows[a].params, probs.shape[-1])
+                noise[k : k + b - a, :w] = torch.empty(b - a, w, device=dev).exponential_(generator=g)
+            else:
+                noise[k : k + b - a].exponential_(generator=g)
             k += b - a
         pick = (probs / noise.clamp_min_(_TINY)).argmax(-1)
         if filtered:
@@ -142,6 +149,11 @@ def _filtered(probs: torch.Tensor, params: list[SamplingParams]):  # noqa: ANN20
     if width < V:  # the window may cut a nucleus short: unless top-k cuts first, its mass must reach top-p
         flag = (vals.sum(-1) < top_p) & ((top_k == 0) | (top_k > width))
     return vals * _keep(vals, top_k, top_p), ids, flag
+
+
+def _noise_width(p: SamplingParams, width: int) -> int:
+    """Candidates a filtered row races over: its top-k when that cuts inside the window, else the window."""
+    return min(p.top_k, width) if p.top_k else width
 
 
 def _keep(vals: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
