@@ -56,8 +56,9 @@ def test_rope_write_kernel(seg):
     table = torch.randn(8, hd, generator=g) if seg else None
     where = torch.tensor([5, 17, 0], dtype=torch.int32)
     kv_a, kv_b = torch.zeros(2, slots, KVH, hd), torch.zeros(2, slots, KVH, hd)
-    q = kernels.rope_write(qkv, pos, segs, inv_freq, 0.7, table, kv_a, where, H, KVH, use_triton=True)
-    q_ref = kernels.rope_write_torch(qkv, pos, segs, inv_freq, 0.7, table, kv_b, where, H, KVH)
+    tables = kernels.rope_tables(pos, inv_freq, 0.7)
+    q = kernels.rope_write(qkv, segs, table, kv_a, where, H, KVH, tables, use_triton=True)
+    q_ref = kernels.rope_write_torch(qkv, segs, table, kv_b, where, H, KVH, tables)
     torch.testing.assert_close(q, q_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(kv_a, kv_b, rtol=1e-5, atol=1e-5)
     assert kv_a[:, [5, 17, 0]].abs().sum(-1).gt(0).all() and kv_a[:, 1:5].eq(0).all()  # only the given slots

@@ -47,8 +47,9 @@ def test_elementwise_kernels_match_twins(dtype):
     slots = torch.randperm(64, device="cuda", generator=g)[:B].int()
     kv1 = torch.zeros(2, 64, KVH, HD, device="cuda", dtype=dtype)
     kv2 = kv1.clone()
-    q1 = kernels.rope_write(qkv, pos, seg, inv_freq, 1.0, table, kv1, slots, H, KVH, use_triton=True)
-    q2 = kernels.rope_write_torch(qkv, pos, seg, inv_freq, 1.0, table, kv2, slots, H, KVH)
+    tables = kernels.rope_tables(pos, inv_freq, 1.0)
+    q1 = kernels.rope_write(qkv, seg, table, kv1, slots, H, KVH, tables, use_triton=True)
+    q2 = kernels.rope_write_torch(qkv, seg, table, kv2, slots, H, KVH, tables)
     tol = _tol(dtype)  # the same float32 cos/sin tables (rope_tables) on both sides
     torch.testing.assert_close(q1, q2, **tol)
     torch.testing.assert_close(kv1, kv2, **tol)

@@ -49,7 +49,7 @@ class FusedDecoder:
         """Final normed hidden states (B, D) of one token per row; ids/pos/seg (B,) or (B, 1)."""
         m, tri, kernels = self.model.model, self.use_triton, self.k
         x = m.embed_tokens(ids.reshape(-1))
-        tables = kernels.rope_tables(pos, self.inv_freq, self.scaling) if tri else None
+        tables = kernels.rope_tables(pos, self.inv_freq, self.scaling)  # once per step, for every layer
         residual = None
         for i, layer in enumerate(m.layers):
             a, mlp = layer.self_attn, layer.mlp
@@ -57,8 +57,8 @@ class FusedDecoder:
                                               layer.input_layernorm.eps, tri)
             qkv = F.linear(h, *a.qkv)
             seg_table = a.seg_embeddings.weight if a.seg_embeddings is not None else None
-            q = kernels.rope_write(qkv, pos, seg, self.inv_freq, self.scaling, seg_table, attn.cache[i],
-                                   attn.slot_mapping, self.heads, self.kv_heads, tri, tables)
+            q = kernels.rope_write(qkv, seg, seg_table, attn.cache[i], attn.slot_mapping, self.heads, self.kv_heads,
+                                   tables, tri)
             o = attn.attend(i, q)  # (B, H, hd)
             x = a.o_proj(o.reshape(o.shape[0], -1))
             h, residual = kernels.add_rmsnorm(x, residual, layer.post_attention_layernorm.weight,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..model.model import _rotate_half
 from .attention import write_kv
 
 try:
@@ -41,9 +42,9 @@ def add_rmsnorm_torch(x: torch.Tensor, residual: torch.Tensor | None, weight: to
     return weight * y, r
 
 
-def rope_write_torch(qkv: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, inv_freq: torch.Tensor, scaling: float,
-                     seg_table: torch.Tensor | None, kv: torch.Tensor, slots: torch.Tensor,
-                     heads: int, kv_heads: int) -> torch.Tensor:
+def rope_write_torch(qkv: torch.Tensor, seg: torch.Tensor, seg_table: torch.Tensor | None, kv: torch.Tensor,
+                     slots: torch.Tensor, heads: int, kv_heads: int,
+                     tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """q (B, H, hd) after RoPE; k' = RoPE(k + T[seg]) and v' = v + T[seg] stored at ``slots`` of ``kv``."""
     B = qkv.shape[0]
     hd = kv.shape[-1]
@@ -52,18 +53,11 @@ def rope_write_torch(qkv: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, in
     if seg_table is not None:
         t = F.embedding(seg.reshape(-1).long(), seg_table)[:, None, :].to(k.dtype)
         k, v = k + t, v + t
-    freqs = pos.reshape(-1)[:, None].float() * inv_freq  # (B, hd/2)
-    emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
-    cos, sin = (emb.cos() * scaling).to(q.dtype), (emb.sin() * scaling).to(q.dtype)
+    cos, sin = (torch.cat((x, x), dim=-1)[:, None, :].to(q.dtype) for x in tables)  # as the model's Rotary
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
     write_kv(kv, slots.reshape(-1).long(), k, v)
     return q
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
 
 
 def silu_mul_torch(gate_up: torch.Tensor) -> torch.Tensor:
@@ -194,19 +188,19 @@ def rope_tables(pos: torch.Tensor, inv_freq: torch.Tensor, scaling: float) -> tu
     return f.cos() * scaling, f.sin() * scaling
 
 
-def rope_write(qkv: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, inv_freq: torch.Tensor, scaling: float,
-               seg_table: torch.Tensor | None, kv: torch.Tensor, slots: torch.Tensor, heads: int, kv_heads: int,
-               use_triton: bool, tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def rope_write(qkv: torch.Tensor, seg: torch.Tensor, seg_table: torch.Tensor | None, kv: torch.Tensor,
+               slots: torch.Tensor, heads: int, kv_heads: int, tables: tuple[torch.Tensor, torch.Tensor],
+               use_triton: bool) -> torch.Tensor:
     """RoPE + thought embeddings + K/V store of one decode token per row; returns q (B, H, hd).
 
-    ``qkv`` (B, (H + 2 KVH) hd) from the fused projection; ``pos``/``seg``/``slots`` (B,) or (B, 1);
-    ``kv`` one layer's pool (2, slots, KVH, hd); ``tables``: ``rope_tables`` of ``pos`` if already made.
+    ``qkv`` (B, (H + 2 KVH) hd) from the fused projection; ``seg``/``slots`` (B,) or (B, 1); ``kv`` one
+    layer's pool (2, slots, KVH, hd); ``tables``: ``rope_tables`` of the rows' positions (made once per step).
     """
     if not use_triton:
-        return rope_write_torch(qkv, pos, seg, inv_freq, scaling, seg_table, kv, slots, heads, kv_heads)
+        return rope_write_torch(qkv, seg, seg_table, kv, slots, heads, kv_heads, tables)
     B = qkv.shape[0]
     hd = kv.shape[-1]
-    cos, sin = tables if tables is not None else rope_tables(pos, inv_freq, scaling)
+    cos, sin = tables
     q = torch.empty(B, heads, hd, dtype=qkv.dtype, device=qkv.device)
     kc, vc = kv[0], kv[1]
     _rope_write_kernel[(B, heads + kv_heads)](

@@ -115,6 +115,9 @@ class ModelRunner:
         if self.decoder is not None and decode:
             self.num_forwards += 1
             return self.decoder.run(chunks)
+        if B == 1 and not decode:  # a multi-token chunk (the engine runs each alone): prompt, forced tokens, re-prefill
+            c = chunks[0]
+            return self._forward_packed(c) if c.kinds is not None else self._forward_causal(c)
         ids, pos, seg = _padded_inputs(chunks, T)
         dev = self.device
         if self.decode_backend == "cascade" and decode:
@@ -124,9 +127,6 @@ class ModelRunner:
                 return self.model.logits(self.fused.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn))
             hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
             return self.model.logits(hidden[:, 0])
-        if B == 1:  # a multi-token chunk (the engine runs each alone): prompt, forced tokens, re-prefill
-            c = chunks[0]
-            return self._forward_packed(c) if c.kinds is not None else self._forward_causal(c)
         return self._forward_dense(chunks, ids, pos, seg)
 
     def _forward_dense(self, chunks: list[Chunk], ids: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor,
