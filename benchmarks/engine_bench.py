@@ -75,6 +75,16 @@ def copy_bandwidth(device: str) -> float:
     return 2 * a.numel() * a.element_size() * 10 / (time.perf_counter() - t)
 
 
+# The released ParaThinker sampling (temperature 0.6, top-p 0.95) plus a top-k of 20: random weights give
+# near-uniform logits, whose 95% nucleus spans most of the vocabulary, so every row would take the sampler's
+# rare exact path (a full-vocabulary sort, one more host sync) on every step, which a trained model's
+# peaked distributions almost never do. With top-k 20 cutting first, the sampler runs the kernels it runs
+# for a trained model (partial top-k window, nucleus mask, race). Rows redrawn exactly are counted per row.
+SAMPLINGS = dict(release=dict(temperature=0.6, top_p=0.95, top_k=20),
+                 flat=dict(temperature=1.0, top_p=0.95, top_k=0))  # flat: the exact redraw on every row and step
+SAMPLING = dict(SAMPLINGS["release"])  # what the measurements use now (--sampling)
+
+
 def step_times(llm, specs) -> tuple[list[float], float]:  # noqa: ANN001
     """Run ``specs`` together; per-decode-step wall times (s) and the total wall time."""
     stamps: list[float] = []
@@ -84,14 +94,24 @@ def step_times(llm, specs) -> tuple[list[float], float]:  # noqa: ANN001
     return [b - a for a, b in zip(stamps, stamps[1:])], total
 
 
+def counted(llm, fn):  # noqa: ANN001, ANN201
+    """``fn()``'s dict plus the engine's exact redraws and discarded overlapped steps during it."""
+    eng = llm.engine
+    r0, d0 = eng.redrawn_rows, eng.discarded_steps
+    out = fn()
+    out.update(redrawn_rows=eng.redrawn_rows - r0, discarded_steps=eng.discarded_steps - d0)
+    return out
+
+
 def decode_ms(llm, P: int, context: int, steps: int) -> dict:  # noqa: ANN001
     """Median ms per decode step of one request with P samples over a ``context``-token prompt."""
     from parathinker import ParallelParams, SamplingParams
 
     prompt = [5 + (i * 7) % 40 for i in range(context)]
     pp = ParallelParams(mode="majority", num_paths=P, max_path_tokens=steps)
-    dts, _ = step_times(llm, [_spec(prompt, pp, SamplingParams(temperature=1.0, seed=0, ignore_eos=True))])
-    return dict(engine_ms=1000 * statistics.median(dts), replay_ms=graph_replay_ms(llm, P))
+    spec = _spec(prompt, pp, SamplingParams(**SAMPLING, seed=0, ignore_eos=True))
+    dts = counted(llm, lambda: dict(dts=step_times(llm, [spec])[0]))
+    return dict(engine_ms=1000 * statistics.median(dts.pop("dts")), replay_ms=graph_replay_ms(llm, P), **dts)
 
 
 def graph_replay_ms(llm, rows: int, n: int = 20) -> float | None:  # noqa: ANN001
@@ -122,12 +142,13 @@ def multi_request(llm, requests: int, P: int, context: int, steps: int) -> dict:
 
     pp = ParallelParams(mode="majority", num_paths=P, max_path_tokens=steps)
     specs = [_spec([5 + (i * 7 + r) % 40 for i in range(context)], pp,
-                   SamplingParams(temperature=1.0, seed=r, ignore_eos=True)) for r in range(requests)]
-    dts, total = step_times(llm, specs)
+                   SamplingParams(**SAMPLING, seed=r, ignore_eos=True)) for r in range(requests)]
+    run = counted(llm, lambda: dict(zip(("dts", "total"), step_times(llm, specs))))
+    dts, total = run.pop("dts"), run.pop("total")
     ms = 1000 * statistics.median(dts)
     rows = requests * P
     return dict(requests=requests, P=P, context=context, steps=steps, step_ms=ms, tokens_per_s=rows / ms * 1000,
-                end_to_end_tokens_per_s=rows * steps / total, total_s=total, replay_ms=graph_replay_ms(llm, rows))
+                end_to_end_tokens_per_s=rows * steps / total, total_s=total, replay_ms=graph_replay_ms(llm, rows), **run)
 
 
 def _spec(prompt, pp, sp):  # noqa: ANN001
@@ -176,22 +197,39 @@ def measure(label: str, key: dict, fn, *fargs) -> dict:  # noqa: ANN001
     return row
 
 
-def variants(llm, graphs: str, fused: str) -> list[tuple[bool, bool]]:  # noqa: ANN001
-    """(graphs, fused) pairs to measure; graphs only where there is a graph path (CUDA + triton)."""
+Variant = tuple[bool, bool, bool]  # CUDA graphs, the fused step, overlapped decoding
+
+
+def variants(llm, graphs: str, fused: str, overlap: str, named: str = "") -> list[Variant]:  # noqa: ANN001
+    """Variants to measure: ``named`` (e.g. "graphs+fused+overlap,graphs") or the product of the three switches.
+
+    Graphs only where there is a graph path (CUDA + triton); a named variant that asks for them elsewhere is dropped.
+    """
     dec = llm.engine.runner.decoder
-    g = {"on": [True], "off": [False], "both": [True, False]}[graphs]
-    if dec is None or dec.device.type != "cuda":
-        g = [False]
-    f = {"on": [True], "off": [False], "both": [True, False]}[fused]
-    return [(a, b) for a in g for b in f]
+    has_graphs = dec is not None and dec.device.type == "cuda"
+    if named:
+        out = []
+        for name in named.split(","):
+            parts = set(name.split("+"))
+            unknown = parts - {"graphs", "eager", "fused", "overlap"}
+            if unknown:
+                raise SystemExit(f"--variants: unknown part(s) {sorted(unknown)} in {name!r}: use graphs|eager[+fused][+overlap]")
+            v = ("graphs" in parts, "fused" in parts, "overlap" in parts)
+            if (has_graphs or not v[0]) and v not in out:
+                out.append(v)
+        return out
+    both = {"on": [True], "off": [False], "both": [True, False]}
+    g = both[graphs] if has_graphs else [False]
+    return [(a, b, c) for a in g for b in both[fused] for c in both[overlap]]
 
 
-def set_variant(llm, graphs: bool, fused: bool) -> None:  # noqa: ANN001
-    llm.engine.runner.set_decode(fused=fused, cuda_graphs=graphs)
+def set_variant(llm, v: Variant) -> None:  # noqa: ANN001
+    llm.engine.runner.set_decode(fused=v[1], cuda_graphs=v[0])
+    llm.engine.overlap = v[2]
 
 
-def vlabel(graphs: bool, fused: bool) -> str:
-    return f"{'graphs' if graphs else 'eager'}{'+fused' if fused else ''}"
+def vlabel(v: Variant) -> str:
+    return ("graphs" if v[0] else "eager") + ("+fused" if v[1] else "") + ("+overlap" if v[2] else "")
 
 
 def main() -> None:
@@ -206,6 +244,15 @@ def main() -> None:
                     help="CUDA graphs for decode steps: measure with them, without, or both (CUDA + triton only)")
     ap.add_argument("--fused", default="on", choices=["on", "off", "both"],
                     help="the fused decode forward (fused GEMMs + norm/RoPE/KV-write/SiLU/merge kernels) on, off, or both")
+    ap.add_argument("--overlap", default="on", choices=["on", "off", "both"],
+                    help="overlapped decoding (host bookkeeping of step n while the GPU runs step n+1) on, off, or both")
+    ap.add_argument("--variants", default="",
+                    help="instead of the product of --graphs/--fused/--overlap: a list such as "
+                    "graphs+fused+overlap,graphs+fused,graphs,eager")
+    ap.add_argument("--sampling", default="release",
+                    help="release: temperature 0.6, top-p 0.95, top-k 20 (see SAMPLINGS); flat: temperature 1, top-p 0.95, "
+                    "which on random weights sends every row to the sampler's exact full-vocabulary redraw; "
+                    "'release,flat' measures the decode rows with both, side by side")
     ap.add_argument("--multi", default="32x8", help="concurrent requests x paths for the sustained tokens/s row ('' skips)")
     ap.add_argument("--multi-context", type=int, default=1024)
     ap.add_argument("--multi-steps", type=int, default=64)
@@ -222,6 +269,10 @@ def main() -> None:
     args = ap.parse_args()
     from parathinker import LLM, CacheConfig
 
+    samplings = args.sampling.split(",")
+    if not set(samplings) <= set(SAMPLINGS):
+        raise SystemExit(f"--sampling: choose from {sorted(SAMPLINGS)}, got {args.sampling!r}")
+    SAMPLING.update(SAMPLINGS[samplings[0]])
     dtype = getattr(torch, args.dtype)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,8 +283,9 @@ def main() -> None:
     bw = copy_bandwidth(args.device)
     weight_bytes = sum(p.numel() * p.element_size() for p in llm.model.parameters())
     kv_tok = cfg.kv_bytes_per_token * torch.empty((), dtype=dtype).element_size()
-    modes = variants(llm, args.graphs, args.fused)
+    modes = variants(llm, args.graphs, args.fused, args.overlap, args.variants)
     res: dict = dict(shape=args.shape, device=args.device, dtype=args.dtype, attention=llm.engine.runner.decode_backend,
+                     sampling={k: SAMPLINGS[k] for k in samplings},
                      copy_GBps=bw / 1e9, weight_GB=weight_bytes / 1e9, decode=[], multi=[], summary=[],
                      gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu")
     print(f"{args.shape} on {res['gpu']} ({args.dtype}); weights {weight_bytes / 1e9:.2f} GB; copy {bw / 1e9:.0f} GB/s; "
@@ -249,7 +301,7 @@ def main() -> None:
     def save() -> None:  # after every row: a run cut short by a timeout keeps what it measured
         (out / "engine_bench.json").write_text(json.dumps(res, indent=2))
 
-    print(f"{'ctx':>6} {'P':>3} {'variant':>13} {'engine ms':>10} {'replay':>7} {'HF ms':>8} {'floor ms':>9} {'roofline':>8}",
+    print(f"{'ctx':>6} {'P':>3} {'variant':>21} {'engine ms':>10} {'replay':>7} {'HF ms':>8} {'floor ms':>9} {'roofline':>8}",
           flush=True)
     for ctx in [int(x) for x in args.contexts.split(",")]:
         for P in [int(x) for x in args.paths.split(",")]:
@@ -258,10 +310,11 @@ def main() -> None:
             if hf is not None and ctx <= args.hf_max_context:
                 h = measure("hf_ms", dict(context=ctx, P=P), hf_decode_ms, hf, P, ctx, args.steps, args.device)
                 res.setdefault("hf", []).append(h)
-            for g, f in modes:
-                set_variant(llm, g, f)
-                row = measure("engine_ms", dict(context=ctx, P=P, graphs=g, fused=f, replay_ms=None), decode_ms, llm, P,
-                              ctx, args.steps)
+            for v, sm in [(v, sm) for v in modes for sm in samplings]:
+                set_variant(llm, v)
+                SAMPLING.update(SAMPLINGS[sm])
+                row = measure("engine_ms", dict(context=ctx, P=P, graphs=v[0], fused=v[1], overlap=v[2], sampling=sm,
+                                                replay_ms=None), decode_ms, llm, P, ctx, args.steps)
                 e = row["engine_ms"]
                 row.update(floor_ms=floor, hf_ms=h["hf_ms"] if h else None, roofline=floor / e if e else None)
                 res["decode"].append(row)
@@ -270,25 +323,27 @@ def main() -> None:
                 hs = f"{h['hf_ms']:8.2f}" if h and h["hf_ms"] is not None else "       -"
                 rf = f"{floor / e:8.2f}" if e else "       -"
                 rp = f"{row['replay_ms']:7.2f}" if row.get("replay_ms") is not None else "      -"
-                print(f"{ctx:>6} {P:>3} {vlabel(g, f):>13} {es} {rp} {hs} {floor:>9.3f} {rf}", flush=True)
+                label = vlabel(v) + (f" ({sm})" if len(samplings) > 1 else "")
+                print(f"{ctx:>6} {P:>3} {label:>21} {es} {rp} {hs} {floor:>9.3f} {rf}", flush=True)
+    SAMPLING.update(SAMPLINGS[samplings[0]])
     if args.multi:
         n_req, P = (int(x) for x in args.multi.lower().split("x"))
         ctx, steps = args.multi_context, args.multi_steps
         floor = 1000 * (weight_bytes + kv_tok * (n_req * ctx + n_req * P * steps / 2)) / bw  # mid-run own KV
-        print(f"{'reqs x P':>9} {'variant':>13} {'step ms':>8} {'replay':>7} {'tok/s':>9} {'e2e tok/s':>10} {'roofline':>8}",
+        print(f"{'reqs x P':>9} {'variant':>21} {'step ms':>8} {'replay':>7} {'tok/s':>9} {'e2e tok/s':>10} {'roofline':>8}",
               flush=True)
-        for g, f in modes:
-            set_variant(llm, g, f)
-            row = measure("step_ms", dict(requests=n_req, P=P, graphs=g, fused=f), multi_request, llm, n_req, P, ctx,
-                          steps)
+        for v in modes:
+            set_variant(llm, v)
+            key = dict(requests=n_req, P=P, graphs=v[0], fused=v[1], overlap=v[2], sampling=samplings[0])
+            row = measure("step_ms", key, multi_request, llm, n_req, P, ctx, steps)
             row.update(floor_ms=floor, roofline=floor / row["step_ms"] if row.get("step_ms") else None)
             res["multi"].append(row)
             save()
             if row["error"] is None:
                 rp = f"{row['replay_ms']:7.2f}" if row.get("replay_ms") is not None else "      -"
-                print(f"{n_req:>4} x {P:<3} {vlabel(g, f):>13} {row['step_ms']:8.2f} {rp} {row['tokens_per_s']:9.0f} "
+                print(f"{n_req:>4} x {P:<3} {vlabel(v):>21} {row['step_ms']:8.2f} {rp} {row['tokens_per_s']:9.0f} "
                       f"{row['end_to_end_tokens_per_s']:10.0f} {row['roofline']:8.2f}", flush=True)
-    set_variant(llm, *modes[0])
+    set_variant(llm, modes[0])
     print(f"{'paths':>5} {'len':>6} {'reuse ms':>9} {'reprefill ms':>13}", flush=True)
     for P in [int(x) for x in args.summary_paths.split(",")]:
         for n in [int(x) for x in args.summary_lens.split(",")]:
@@ -318,6 +373,10 @@ def main() -> None:
         print(f"plot failed: {type(e).__name__}: {e}", flush=True)
 
 
+def _variant(row: dict) -> Variant:
+    return (row["graphs"], row.get("fused", False), row.get("overlap", False))  # older JSON files lack the last two
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
 
@@ -325,13 +384,15 @@ def plot(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    ok = [r for r in res["decode"] if r.get("engine_ms") is not None]
+    first = next(iter(res.get("sampling") or {}), None)  # with several samplings, the plot shows the first
+    ok = [r for r in res["decode"] if r.get("engine_ms") is not None and r.get("sampling", first) == first]
     for ctx in sorted({r["context"] for r in res["decode"]}):
-        for (g, f), style in (((True, True), "o-"), ((True, False), "^-"), ((False, True), "o--"), ((False, False), "^--")):
-            rows = [r for r in ok if r["context"] == ctx and r["graphs"] == g and r.get("fused", False) == f]
+        for v in sorted({_variant(r) for r in ok}, reverse=True):
+            rows = [r for r in ok if r["context"] == ctx and _variant(r) == v]
             if rows:
-                a.plot([r["P"] for r in rows], [r["engine_ms"] for r in rows], style,
-                       label=f"engine {vlabel(g, f)}, ctx {ctx}")
+                style = ("o" if v[1] else "^") + ("-" if v[0] else "--")
+                a.plot([r["P"] for r in rows], [r["engine_ms"] for r in rows], style, alpha=1.0 if v[2] else 0.6,
+                       label=f"engine {vlabel(v)}, ctx {ctx}")
         rows = [r for r in res["decode"] if r["context"] == ctx]
         floors = {r["P"]: r["floor_ms"] for r in rows}
         a.plot(list(floors), list(floors.values()), ":", label=f"floor, ctx {ctx}")
@@ -347,7 +408,7 @@ def plot(res: dict, path: Path) -> None:
         b.plot([r["P"] for r in rows if r["reprefill_ms"] is not None],
                [r["reprefill_ms"] for r in rows if r["reprefill_ms"] is not None], "s--", label=f"re-prefill, {n}/path")
     multi = [r for r in res["multi"] if r.get("step_ms") is not None]
-    title = "; ".join(f"{r['requests']}x{r['P']} {vlabel(r['graphs'], r.get('fused', False))}: {r['tokens_per_s']:.0f} tok/s"
+    title = "; ".join(f"{r['requests']}x{r['P']} {vlabel(_variant(r))}: {r['tokens_per_s']:.0f} tok/s"
                       for r in multi)
     b.set(xlabel="paths P", ylabel="summary time to first token (ms)", xscale="log", yscale="log", title=title)
     b.title.set_fontsize(7)

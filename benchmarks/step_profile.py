@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_bench import SHAPES, _spec, make_model, step_times  # noqa: E402
+from engine_bench import SAMPLING, SHAPES, _spec, make_model, step_times  # noqa: E402
 
 
 def kernel_table(prof, per: int, top: int) -> list[dict]:  # noqa: ANN001
@@ -71,7 +71,7 @@ def main() -> None:
         for fused in (True, False):
             llm.engine.runner.set_decode(fused=fused)
             pp = ParallelParams(mode="majority", num_paths=P, max_path_tokens=8)
-            sp = SamplingParams(temperature=1.0, seed=0, ignore_eos=True)
+            sp = SamplingParams(**SAMPLING, seed=0, ignore_eos=True)
             llm.engine.run([_spec(prompt, pp, sp)])  # captures the bucket's graph (CUDA)
             dec = llm.engine.runner.decoder
             st = dec.states.get(bucket_for(P)) if dec is not None else None

@@ -53,3 +53,17 @@ def test_no_page_handed_out_twice():
     assert len(pages) == len(set(pages))
     slots = [s for r in runs for s in r.slot_list]
     assert len(slots) == len(set(slots))
+
+
+def test_shrink_gives_the_slots_back_to_the_next_extend():
+    """A rolled-back token (overlapped decoding): its slot goes to the token fed instead, no page moves."""
+    pool = PagePool(num_pages=10, page_size=4)
+    pool.admit(1, 2)
+    run = pool.new_run()
+    first = pool.extend(run, 5, 1)  # a second page for the 5th token
+    pages, free = list(run.pages), pool.num_free
+    pool.shrink(run, 2)
+    assert run.length == 3 and run.slot_list == first[:3] and run.pages == pages and pool.num_free == free
+    assert pool.extend(run, 2, 1) == first[3:]
+    with pytest.raises(ValueError, match="cannot drop 6 tokens of a run of 5"):
+        pool.shrink(run, 6)

@@ -98,3 +98,23 @@ def test_cuda_causal_prefill_equals_masked_reference(tiny_qwen2, dtype, tol, mod
     ref = llm.score(prompt, paths, [5, 6, 7], pp, path_logprobs=False).token_logprobs
     diff = max(abs(a - b) for a, b in zip(fast, ref) if a == a)
     assert diff <= tol, diff
+
+
+@pytest.mark.parametrize("graphs", [True, False])
+def test_cuda_overlap_gives_the_synchronous_tokens(tiny_qwen2, graphs):
+    """Overlapped decoding (the CUDA default) vs the synchronous loop, with CUDA graphs on and off: same tokens."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+    from test_overlap import _logprobs, _outcome, _run
+
+    llm = LLM(tiny_qwen2, device="cuda", dtype="float32", cache=CacheConfig(kv_cache_memory=0.25, cuda_graphs=graphs))
+    assert llm.engine.overlap  # on by default here
+    sync = _run(llm, False)
+    over = _run(llm, True)
+    assert _outcome(over) == _outcome(sync)
+    a, b = _logprobs(over), _logprobs(sync)
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-4
+    dec = llm.engine.runner.decoder
+    assert dec is not None and dec.error is None and (dec.stats["replays"] > 0) == graphs

@@ -113,6 +113,13 @@ class PagePool:
         run.length = start + n
         return new
 
+    def shrink(self, run: Run, n: int) -> None:
+        """Drop the last ``n`` tokens of ``run`` (their pages stay with it: the next ``extend`` reuses the slots)."""
+        if not 0 <= n <= run.length:
+            raise ValueError(f"cannot drop {n} tokens of a run of {run.length}")
+        run.length -= n
+        del run.slot_list[run.length :]
+
     def share(self, run: Run) -> Run:
         """Another reader of ``run`` (a forked path reading the prompt): no copy, one more reference."""
         run.refs += 1

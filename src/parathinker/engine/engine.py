@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -19,9 +19,24 @@ from ..model import ParaThinkerForCausalLM
 from ..tokens import ControlTokens
 from .block_manager import PagePool
 from .kv_cache import CacheConfig
-from .runner import Chunk, ModelRunner
+from .runner import Chunk, Feed, ModelRunner
 from .sampler import Row, resample_exact, sample_tensor
 from .sequence import Request, RequestSpec, Seq
+
+
+@dataclass
+class Drawn:
+    """One step's draws, launched on the device; ``Engine._take`` reads them on the host and accepts them."""
+
+    seqs: list[Seq]  # the rows drawn, in order
+    done: set[int]  # rows whose forced tokens ran out (scoring)
+    rows: list[Row]  # the sampled rows' params (``free`` indexes them)
+    free: list[int]
+    tokens: torch.Tensor  # (len(seqs),) ids on the device: the next step's inputs
+    packed: torch.Tensor  # (2 or 3, len(seqs)) float64: ids, log-probs, redraw flags (host copy on CUDA)
+    event: torch.cuda.Event | None  # the host copy is complete
+    logits: torch.Tensor | None  # float32 logits for an exact redraw (None: no row can need one)
+    lse: torch.Tensor  # (len(seqs),) their log-sum-exp
 
 
 class Engine:
@@ -41,6 +56,12 @@ class Engine:
         self._next_id = 0
         self._empty = torch.empty(0, dtype=torch.long)
         self._banned_plain = torch.tensor(control.all_ids if control else (), dtype=torch.long)
+        # overlapped decoding (CUDA): launch step n+1 before reading step n's tokens on the host; the host's
+        # bookkeeping then runs while the GPU computes. Same tokens as the synchronous loop (tests).
+        self.overlap = cache.overlap and self.runner.device.type == "cuda"
+        self._inflight: Drawn | None = None  # the last step's draws, not yet read (overlap)
+        self.redrawn_rows = 0  # rows drawn again exactly (a top-p nucleus wider than the sampler's window)
+        self.discarded_steps = 0  # overlapped steps thrown away and re-run (an exact redraw changed an input)
 
     # ---------------------------------------------------------------- admission
     def check(self, spec: RequestSpec) -> int:
@@ -127,6 +148,9 @@ class Engine:
         return reqs
 
     def _step(self, active: list[Request]) -> None:
+        if self.overlap and self._overlap_step(active):
+            return
+        self._drain(active)
         seqs = [s for r in active for s in self._live(r) if s.pending]
         if not seqs:
             for r in active:
@@ -143,6 +167,80 @@ class Engine:
             self._consume(group, logits)
         for r in active:
             self._advance(r)
+
+    # ---------------------------------------------------------------- overlapped decoding
+    def _overlap_step(self, active: list[Request]) -> bool:
+        """One decode step whose draws stay in flight; False (nothing done) when this step cannot overlap.
+
+        With the previous step's draws in flight, this step's forward is launched first: rows drawn
+        last step are fed their token on the device (the host has not seen it yet), the other rows
+        their pending token. Then the previous draws are read and accepted, and termination runs,
+        while the GPU computes. A row whose drawn token turned out not to continue it (an end token,
+        a spent budget, a cut) is rolled back: its slot and position go to the token that does
+        follow, next step; its wasted row reads and writes nothing anyone else reads. If an exact
+        redraw changed a token that was already fed, the whole step is rolled back and run again
+        synchronously. Sampling order per request is the synchronous loop's, so the tokens are too.
+
+        Steps with multi-token chunks or teacher-forced rows do not overlap.
+        """
+        prev = self._inflight
+        carried = set(prev.seqs) if prev is not None else set()
+        seqs = [s for r in active for s in self._live(r) if s.pending or s in carried]
+        if not seqs or any(s.forced is not None or s.kinds is not None or len(s.pending) > 1 for s in seqs):
+            return False
+        if prev is not None and any(r.forced is not None for r in prev.seqs):
+            return False
+        index = {s: j for j, s in enumerate(prev.seqs)} if prev is not None else {}
+        dst, src = [], []
+        for k, s in enumerate(seqs):
+            if s in carried:
+                s.pending = [0]  # a placeholder: the runner feeds the drawn token from the device
+                dst.append(k)
+                src.append(index[s])
+        chunks = [self._chunk(s) for s in seqs]
+        logits = self.runner.forward(chunks, Feed(prev.tokens, dst, src) if prev is not None else None)
+        redrawn = False
+        if prev is not None:
+            self._inflight = None
+            redrawn = self._take(prev)  # the host reads step n-1 while the GPU runs step n
+        for r in active:
+            self._advance(r)
+        fed = set(dst)
+        if redrawn:  # a token fed on the device was replaced: roll the whole step back, run it synchronously
+            for k, (s, c) in enumerate(zip(seqs, chunks)):
+                self._rollback(s)
+                if k not in fed:
+                    s.pending = list(c.tokens)
+            self.discarded_steps += 1
+            return False
+        live = []
+        for k, s in enumerate(seqs):
+            # a carried row continues when its drawn token was accepted as its next input (else it has finished)
+            if k in fed and (s.finished or len(s.pending) != 1):
+                self._rollback(s)
+                continue
+            if k in fed:
+                s.pending = []  # that token is in this step's forward
+            if not s.finished:
+                live.append(k)
+        if live:
+            sub = logits if len(live) == len(seqs) else logits.index_select(0, torch.tensor(live, device=logits.device))
+            self._inflight = self._draw([seqs[k] for k in live], sub, keep_logits=True)
+        return True
+
+    def _drain(self, active: list[Request]) -> None:
+        """Read and accept the draws in flight (overlap), as the synchronous loop would have."""
+        if self._inflight is not None:
+            prev, self._inflight = self._inflight, None
+            self._take(prev)
+            for r in active:
+                self._advance(r)
+
+    def _rollback(self, s: Seq) -> None:
+        """Undo ``_chunk`` of a one-token step: the slot and position go to the next token fed."""
+        s.t -= 1
+        self.pool.shrink(s.own, 1)
+        s.req.stats[self._stat_key(s)] -= 1
 
     # ---------------------------------------------------------------- phases
     def _prefill(self, reqs: list[Request]) -> None:
@@ -264,13 +362,16 @@ class Engine:
             seg = [s.segment] * n
         # paths and samples read their request's prompt run first: a prefix shared with their siblings
         chunk = Chunk(s.pending, pos, seg, slots, s.reads, s.kinds, shared_prefix=s.kind in ("path", "sample"))
-        key = {"path": "path_tokens", "sample": "path_tokens"}.get(s.kind, "summary_tokens")
-        if s.kind == "reprefill" and s.kinds is not None:
-            key = "reprefill_tokens"  # the packed re-computation; the summary's own decoding counts as summary
-        req.stats[key] += n
+        req.stats[self._stat_key(s)] += n
         s.t += n
         s.pending, s.pending_positions, s.pending_segments, s.kinds = [], None, None, None
         return chunk
+
+    @staticmethod
+    def _stat_key(s: Seq) -> str:
+        if s.kind == "reprefill" and s.kinds is not None:
+            return "reprefill_tokens"  # the packed re-computation; the summary's own decoding counts as summary
+        return "path_tokens" if s.kind in ("path", "sample") else "summary_tokens"
 
     def _position(self, s: Seq, t: int) -> int:
         req = s.req
@@ -286,14 +387,23 @@ class Engine:
         return L + t  # plain sample
 
     def _consume(self, seqs: list[Seq], logits: torch.Tensor) -> None:
-        """Pick the next token of each sequence that still decodes (sampled, or forced when scoring).
+        """Pick the next token of each sequence that still decodes (sampled, or forced when scoring) and accept it."""
+        drawn = self._draw(seqs, logits)
+        if drawn is not None:
+            self._take(drawn)
+
+    def _draw(self, seqs: list[Seq], logits: torch.Tensor, keep_logits: bool = False) -> Drawn | None:
+        """Launch the draws of ``seqs`` that still decode; nothing waits for the device.
 
         ``logits`` (len(seqs), V) stay on the device: sampling and the log-probs happen there, and
-        only the chosen ids and their log-probs cross to the host, in one copy per call.
+        the chosen ids, their log-probs and the redraw flags leave for the host in one copy
+        (asynchronous on CUDA; ``_take`` waits for it). ``keep_logits``: the next forward may
+        overwrite ``logits`` before ``_take`` (a replayed graph's output), so a rare exact redraw
+        reads a copy.
         """
         keep = [k for k, s in enumerate(seqs) if not s.finished]
         if not keep:
-            return
+            return None
         todo = [seqs[k] for k in keep]
         stacked = logits if len(keep) == len(seqs) else logits[torch.tensor(keep, device=logits.device)]
         dev = stacked.device
@@ -307,7 +417,7 @@ class Engine:
                 else:
                     done.add(k)
         rows = [Row(todo[k].req.spec.sampling, todo[k].req.generator, todo[k].banned) for k in free]
-        unsure = None  # rows whose top-p window may have been too narrow (sampler): redrawn below
+        unsure = None  # rows whose top-p window may have been too narrow (sampler): redrawn in _take
         if len(free) == len(todo):
             tokens, unsure = sample_tensor(stacked, rows)
         else:
@@ -326,19 +436,39 @@ class Engine:
         picked = lg.gather(1, tokens[:, None])[:, 0] - lse
         # one device->host copy for the whole batch: ids (exact in float64), their log-probs, the flags
         parts = [tokens.double(), picked.double()] + ([unsure.double()] if unsure is not None else [])
-        ids, lps, *flagged = torch.stack(parts).tolist()
+        packed = torch.stack(parts)
+        event = None
+        if dev.type == "cuda":
+            host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            host.copy_(packed, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            packed = host
+        if unsure is not None and keep_logits and lg is stacked:
+            lg = lg.clone()  # (lg is already a new tensor when the logits were not float32 or were a row subset)
+        return Drawn(todo, done, rows, free, tokens, packed, event, lg if unsure is not None else None, lse)
+
+    def _take(self, d: Drawn) -> bool:
+        """Wait for a draw's ids on the host and accept them; True if some row was redrawn exactly."""
+        if d.event is not None:
+            d.event.synchronize()
+        ids, lps, *flagged = d.packed.tolist()
         redo = [k for k, f in enumerate(flagged[0]) if f] if flagged else []
         if redo:  # rare (a nucleus wider than the sampler's window): an exact redraw of just those rows
-            at = torch.tensor(redo, device=dev)
-            fix = resample_exact(stacked.index_select(0, at), [rows[free.index(k)] for k in redo])
-            fixed_lp = lg.index_select(0, at).gather(1, fix[:, None])[:, 0] - lse.index_select(0, at)
+            assert d.logits is not None
+            at = torch.tensor(redo, device=d.logits.device)
+            lg = d.logits.index_select(0, at)
+            fix = resample_exact(lg, [d.rows[d.free.index(k)] for k in redo])
+            fixed_lp = lg.gather(1, fix[:, None])[:, 0] - d.lse.index_select(0, at)
             for k, tok, lp in zip(redo, fix.tolist(), fixed_lp.tolist()):
                 ids[k], lps[k] = tok, lp
-        for k, s in enumerate(todo):
-            if k in done:
+            self.redrawn_rows += len(redo)
+        for k, s in enumerate(d.seqs):
+            if k in d.done:
                 s.finish("end")
             else:
                 self._accept(s, int(ids[k]), lps[k])
+        return bool(redo)
 
     def _accept(self, s: Seq, tok: int, logprob: float) -> None:
         if tok in s.end_ids:

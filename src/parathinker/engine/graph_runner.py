@@ -250,8 +250,8 @@ class DecodeGraphs:
                 st.graph.reset()
             st.graph, st.out = None, None
 
-    def run(self, chunks) -> torch.Tensor:  # noqa: ANN001 - list[runner.Chunk]
-        """Logits (len(chunks), V) of one decode step (valid until the next decode step)."""
+    def run(self, chunks, feed=None) -> torch.Tensor:  # noqa: ANN001 - list[runner.Chunk], runner.Feed
+        """Logits (len(chunks), V) of one decode step (valid until the next decode step); ``feed``: see ``runner.Feed``."""
         plan = Plan.from_chunks(chunks, self.max_q)
         n = len(chunks)
         B = bucket_for(n)
@@ -264,6 +264,8 @@ class DecodeGraphs:
                 st.graph.reset()
             st = self.states[B] = DecodeState(B, caps, self.kv_heads, self.device)
         st.fill(plan)
+        if feed is not None:
+            feed.apply(st.d["ids"])
         if self.use_graphs and self.max_graph_batch >= B:
             if st.graph is None:
                 self._capture(st)

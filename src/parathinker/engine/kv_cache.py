@@ -33,6 +33,11 @@ class CacheConfig:
         metadata={"help": "decode steps through fused q|k|v and gate|up GEMMs and fused norm/RoPE/KV-write/SiLU/merge "
                   "kernels (Triton with triton attention, torch twins otherwise); off: the model's modular forward"},
     )
+    overlap: bool = field(
+        default=True,
+        metadata={"help": "CUDA: launch decode step n+1 before reading step n's tokens on the host, so the host's "
+                  "bookkeeping runs while the GPU computes (same tokens; no effect on the CPU)"},
+    )
     max_graph_batch: int = field(
         default=256, metadata={"help": "largest decode batch run through a CUDA graph (larger ones run eagerly)"}
     )

@@ -37,6 +37,27 @@ class Chunk:
     shared_prefix: bool = False  # reads[0] is a prompt run its sibling sequences read too
 
 
+@dataclass
+class Feed:
+    """Decode inputs already on the device: row ``dst[i]`` of a step takes ``tokens[src[i]]`` (overlapped decoding)."""
+
+    tokens: torch.Tensor  # (N,) long, the previous step's draws
+    dst: list[int]
+    src: list[int]
+
+    def apply(self, ids: torch.Tensor) -> None:
+        """Write the fed tokens into ``ids`` ((B, 1), on the device), in stream order before the forward."""
+        if not self.dst:
+            return
+        n = len(self.dst)
+        if self.dst == self.src == list(range(n)):  # the steady state: every row continues, in the same order
+            ids[:n, 0].copy_(self.tokens[:n])
+            return
+        dev = ids.device
+        at = torch.tensor(self.dst, device=dev)
+        ids[:, 0].index_copy_(0, at, self.tokens.index_select(0, torch.tensor(self.src, device=dev)).to(ids.dtype))
+
+
 class ModelRunner:
     def __init__(self, model: ParaThinkerForCausalLM, cache_config: CacheConfig):
         self.model = model
@@ -108,18 +129,25 @@ class ModelRunner:
         return self.model.logits(hidden[0, ends.to(dev)])
 
     @torch.inference_mode()
-    def forward(self, chunks: list[Chunk]) -> torch.Tensor:
-        """One batched forward; the logits (B, V) of each chunk's last token (valid until the next forward)."""
+    def forward(self, chunks: list[Chunk], feed: Feed | None = None) -> torch.Tensor:
+        """One batched forward; the logits (B, V) of each chunk's last token (valid until the next forward).
+
+        ``feed``: one-token rows whose token is still on the device (their ``tokens`` are placeholders).
+        """
         B, T = len(chunks), max(len(c.tokens) for c in chunks)
         decode = T == 1 and all(c.kinds is None for c in chunks)  # one new token per row, causal
+        assert feed is None or decode, "fed tokens are decode inputs"
         if self.decoder is not None and decode:
             self.num_forwards += 1
-            return self.decoder.run(chunks)
+            return self.decoder.run(chunks, feed)
         if B == 1 and not decode:  # a multi-token chunk (the engine runs each alone): prompt, forced tokens, re-prefill
             c = chunks[0]
             return self._forward_packed(c) if c.kinds is not None else self._forward_causal(c)
         ids, pos, seg = _padded_inputs(chunks, T)
         dev = self.device
+        if feed is not None:
+            ids = ids.to(dev)
+            feed.apply(ids)
         if self.decode_backend == "cascade" and decode:
             attn = PagedCascade.for_chunks(self.kv.data, chunks, dev)
             self.num_forwards += 1
