@@ -49,3 +49,30 @@ def test_cascade_generation_equals_reference(request, ckpt, mode, paths, request
             assert max((abs(u - v) for u, v in zip(p.logprobs, q.logprobs)), default=0.0) <= 1e-5
         if a.summary is not None:
             assert a.summary.token_ids == b.summary.token_ids
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_cascade_reads_pages_with_a_gap(shared):
+    """Pages 24, 30, 26, 27 (+ 28 for the row's own token): first and last slot 96 and 111 (112) as if the
+    keys were one stretch, but 100-103 are not among them and 120-123 are. A slice would read the wrong keys."""
+    import torch
+
+    from parathinker.engine.attention import PagedCascade, PagedReference, build_metadata
+    from parathinker.engine.block_manager import Run
+    from parathinker.engine.runner import Chunk
+
+    g = torch.Generator().manual_seed(0)
+    cache = torch.randn(1, 2, 160, 2, 8, generator=g)  # (layers, k/v, slots, kv heads, dim)
+    run = Run(4, pages=[24, 30, 26, 27])
+    run.slot_list = [run.slot(i) for i in range(16)]
+    run.length = 16
+    assert run.slot_list[0] == 96 and run.slot_list[-1] == 111 and 100 not in run.slot_list
+    own = [Run(4, pages=[28 + 4 * i], length=1, slot_list=[4 * (28 + 4 * i)]) for i in range(2 if shared else 1)]
+    chunks = [Chunk([5], [16], [0], o.slot_list, [run, o], shared_prefix=shared) for o in own]
+    B = len(chunks)
+    q, k, v = torch.randn(B, 1, 4, 8, generator=g), torch.randn(B, 1, 2, 8, generator=g), torch.randn(B, 1, 2, 8, generator=g)
+    got = PagedCascade.for_chunks(cache.clone(), chunks, torch.device("cpu"))(0, q, k, v)
+    meta = build_metadata([c.new_slots for c in chunks], [run.slot_list + o.slot_list for o in own], [None] * B,
+                          torch.device("cpu"))
+    want = PagedReference(cache.clone(), meta)(0, q, k, v)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -84,3 +84,27 @@ def test_overlap_discards_a_step_whose_fed_token_was_redrawn(tiny_qwen2, monkeyp
 
 def test_overlap_is_for_cuda_only_by_default(tiny_qwen2):
     assert CacheConfig().overlap and not LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05)).engine.overlap
+
+
+def test_overlap_with_requests_admitted_mid_run(tiny_qwen2):
+    """A pool too small for all requests: the last is admitted (and prefilled) while other rows are in flight."""
+    llm = LLM(tiny_qwen2, cache=CacheConfig(num_pages=46, page_size=4))  # the 5th fits once the 4th is done
+    eng = llm.engine
+    specs = _specs()
+    assert sum(eng.check(s) for s in specs) > eng.pool.usable_pages  # they cannot all start together
+    admitted = []
+    orig = eng._prefill
+
+    def spy(reqs):  # noqa: ANN001, ANN202
+        admitted.append((len(reqs), eng._inflight is not None))
+        return orig(reqs)
+
+    eng._prefill = spy
+    sync = _run(llm, False)
+    assert len(admitted) > 1
+    admitted.clear()
+    over = _run(llm, True)
+    assert any(flying for _, flying in admitted), admitted  # some prompts were prefilled with draws in flight
+    assert _outcome(over) == _outcome(sync)
+    a, b = _logprobs(over), _logprobs(sync)
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-5

@@ -200,9 +200,9 @@ class PagedCascade:
         if plan.shared:
             runs = [run for run, _ in plan.shared]
             rows, row_valid = _padded([list(r) for _, r in plan.shared])
-            first, n = runs[0].slot_list[0], runs[0].length
-            if len(runs) == 1 and runs[0].slot_list[-1] == first + n - 1:  # one prompt in consecutive pages: a view
-                keys: slice | torch.Tensor = slice(first, first + n)
+            if len(runs) == 1 and _consecutive(runs[0].slot_list):  # one prompt in consecutive pages: a view
+                first = runs[0].slot_list[0]
+                keys: slice | torch.Tensor = slice(first, first + runs[0].length)
                 valid = None
             else:
                 keys, valid = (t.to(device) for t in _padded([r.slot_list for r in runs]))
@@ -210,7 +210,7 @@ class PagedCascade:
         per_row: list[list[int]] = [[] for _ in chunks]
         for run, r in plan.single:
             per_row[r].extend(run.slot_list)
-        if len(per_row) == 1 and per_row[0][-1] == per_row[0][0] + len(per_row[0]) - 1:
+        if len(per_row) == 1 and _consecutive(per_row[0]):
             private: tuple = (slice(per_row[0][0], per_row[0][-1] + 1), None)  # one row, consecutive slots
         else:
             slots, valid = _padded(per_row)
@@ -257,6 +257,17 @@ class PagedCascade:
         rows = g_rows[g_rvalid]  # each row is in at most one group
         out, lse = _merge(out, lse, o2[g_rvalid], l2[g_rvalid], rows)
         return out.to(q.dtype).reshape(B, H, D)
+
+
+def _consecutive(slots: list[int]) -> bool:
+    """The slots are one stretch of the pool (each the previous + 1): readable as a slice, in place.
+
+    Not just first and last: pages handed out again after others were freed can line those two up
+    around a gap (pages 24, 30, 26, 27 of 4 slots: 96 ... 111, without 100-103, with 120-123).
+    """
+    if not slots or slots[-1] - slots[0] != len(slots) - 1:
+        return False
+    return slots == list(range(slots[0], slots[0] + len(slots)))
 
 
 def _padded(lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
