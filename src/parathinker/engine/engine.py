@@ -225,7 +225,7 @@ class Engine:
                 live.append(k)
         if live:
             sub = logits if len(live) == len(seqs) else logits.index_select(0, torch.tensor(live, device=logits.device))
-            self._inflight = self._draw([seqs[k] for k in live], sub, keep_logits=True)
+            self._inflight = self._draw([seqs[k] for k in live], sub, keep_logits=sub is logits)
         return True
 
     def _drain(self, active: list[Request]) -> None:
@@ -444,7 +444,7 @@ class Engine:
             event = torch.cuda.Event()
             event.record()
             packed = host
-        if unsure is not None and keep_logits and lg is stacked:
+        if unsure is not None and keep_logits and lg is logits:
             lg = lg.clone()  # (lg is already a new tensor when the logits were not float32 or were a row subset)
         return Drawn(todo, done, rows, free, tokens, packed, event, lg if unsure is not None else None, lse)
 
