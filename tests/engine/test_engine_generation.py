@@ -161,3 +161,38 @@ def test_majority_and_sequential_modes_need_no_control_tokens(tiny_qwen2):
     seq = llm.generate(["what is"], ParallelParams(mode="sequential", num_paths=5, max_path_tokens=6),
                        SamplingParams(temperature=0.0), raw=True)[0]
     assert len(seq.paths) == 1
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("fail_at", [0, 1, 4, 9])  # 0: the prompts' prefill
+def test_an_error_mid_run_gives_every_page_back(tiny_qwen2, fail_at, overlap):
+    """A forward that raises (or an interrupt) during prefill or decoding: the error propagates, every page
+    and reservation is returned, and the same engine then runs the same requests as a fresh one would."""
+    llm = LLM(tiny_qwen2, cache=CacheConfig(num_pages=40, page_size=4))
+    eng = llm.engine
+    eng.overlap = overlap
+    free, unreserved = eng.pool.num_free, eng.pool.num_unreserved
+    pp = ParallelParams(num_paths=3, max_path_tokens=6, summary_max_tokens=3)
+    specs = [RequestSpec([5 + i, 6, 7], pp, SamplingParams(temperature=1.0, seed=i), []) for i in range(4)]
+    forward, calls = eng.runner.forward, [0]
+
+    def failing(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls[0] += 1
+        if calls[0] == fail_at:
+            raise KeyboardInterrupt
+        return forward(*a, **k)
+
+    prefill = eng.runner.prefill
+    if fail_at:
+        eng.runner.forward = failing
+    else:
+        eng.runner.prefill = lambda chunks: (_ for _ in ()).throw(KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        eng.run(specs)
+    assert calls[0] == fail_at
+    assert (eng.pool.num_free, eng.pool.num_unreserved) == (free, unreserved) and eng._inflight is None
+    eng.runner.forward, eng.runner.prefill = forward, prefill
+    again = [[s.body for s in r.seqs] + [r.summary.body] for r in eng.run(specs)]
+    fresh = LLM(tiny_qwen2, cache=CacheConfig(num_pages=40, page_size=4)).engine
+    assert again == [[s.body for s in r.seqs] + [r.summary.body] for r in fresh.run(specs)]
+    assert eng.pool.num_free == free

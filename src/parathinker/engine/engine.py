@@ -128,23 +128,31 @@ class Engine:
             self._next_id += 1
         waiting = deque(zip(reqs, needs))
         active: list[Request] = []
-        while waiting or active:
-            admitted = []
-            while waiting and self.pool.can_admit(waiting[0][1]):
-                req, need = waiting.popleft()
-                self.pool.admit(req.id, need)
-                admitted.append(req)
-            if admitted:  # their prompts are prefilled together
-                self._prefill(admitted)
-                active.extend(admitted)
-            self._step(active)
-            if on_step:
-                on_step(active)
-            for req in [r for r in active if r.phase == "done"]:
-                active.remove(req)
-                self._release(req)
-                if on_finish:
-                    on_finish(req)
+        admitted: list[Request] = []
+        try:
+            while waiting or active:
+                admitted = []
+                while waiting and self.pool.can_admit(waiting[0][1]):
+                    req, need = waiting.popleft()
+                    self.pool.admit(req.id, need)
+                    admitted.append(req)
+                if admitted:  # their prompts are prefilled together
+                    self._prefill(admitted)
+                    active.extend(admitted)
+                    admitted = []
+                self._step(active)
+                if on_step:
+                    on_step(active)
+                for req in [r for r in active if r.phase == "done"]:
+                    active.remove(req)
+                    self._release(req)
+                    if on_finish:
+                        on_finish(req)
+        except BaseException:  # an error or an interrupt mid-run: give every page back, so the engine stays usable
+            self._inflight = None
+            for req in [*active, *admitted]:
+                self._free(req)
+            raise
         return reqs
 
     def _step(self, active: list[Request]) -> None:
@@ -490,12 +498,7 @@ class Engine:
 
     def _release(self, req: Request) -> None:
         req.mark("end")
-        for s in [*req.seqs, *([req.summary] if req.summary else [])]:
-            for r in s.reads:
-                self.pool.release(r)
-        if req.prompt_run is not None:
-            self.pool.release(req.prompt_run)
-        self.pool.finish(req.id)
+        self._free(req)
         m, st = req.marks, req.stats
         st["time_prefill"] = m["prefill"] - m["start"]
         st["time_paths"] = m.get("paths", m["end"]) - m["prefill"]
@@ -503,3 +506,11 @@ class Engine:
         st["time_total"] = m["end"] - m["start"]
         st["forwards"] = self.runner.num_forwards
 
+    def _free(self, req: Request) -> None:
+        """Return a request's pages and what is left of its reservation."""
+        for s in [*req.seqs, *([req.summary] if req.summary else [])]:
+            for r in s.reads:
+                self.pool.release(r)
+        if req.prompt_run is not None:
+            self.pool.release(req.prompt_run)
+        self.pool.finish(req.id)
