@@ -118,3 +118,14 @@ def test_cuda_overlap_gives_the_synchronous_tokens(tiny_qwen2, graphs):
     assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-4
     dec = llm.engine.runner.decoder
     assert dec is not None and dec.error is None and (dec.stats["replays"] > 0) == graphs
+
+
+def test_cuda_triton_equals_reference_after_page_churn(tiny_qwen2):
+    """Recycled, scattered pages (12 mixed requests through a 48-page pool): compiled Triton path vs reference."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+    from test_cascade import churn_equals_reference
+
+    churn_equals_reference(tiny_qwen2, "triton", "cuda", tol=1e-4)  # split-K vs SDPA reductions on the GPU
