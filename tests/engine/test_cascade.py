@@ -84,8 +84,9 @@ def test_cascade_reads_pages_with_a_gap(shared):
 @pytest.mark.parametrize("attention", ["cascade", pytest.param("triton", marks=pytest.mark.slow)])  # triton: ~1 min
 def test_decode_backends_equal_reference_after_page_churn(tiny_qwen2, attention):
     """Many requests of mixed modes and lengths through a small pool: pages are freed and handed out again
-    in every order, so prompts and paths land in scattered, recycled pages. Each backend must still read
-    exactly the reference backend's keys (same tokens, log-probs within 1e-5). Triton: the static
+    in every order, so prompts and paths land in scattered, recycled pages. Each backend (with the
+    mask-free causal prefill, prompts admitted together packed) must still read exactly the keys of the
+    reference (explicit masks everywhere): same tokens, log-probs within 1e-5. Triton: the static
     (CUDA-graph-shaped) path, in Triton's interpreter here; tests/gpu runs it compiled."""
     if attention == "triton":
         pytest.importorskip("triton")
@@ -108,6 +109,7 @@ def churn_equals_reference(ckpt, attention: str, device: str, tol: float = 1e-5)
     runs = []
     for att in (attention, "reference"):
         llm = LLM(ckpt, device=device, dtype="float32", cache=CacheConfig(num_pages=48, page_size=4, attention=att))
+        llm.engine.runner.causal_prefill = att != "reference"  # the oracle: explicit masks for prefill chunks too
         reqs = llm.engine.run(specs)
         runs.append([(s.body, s.logprobs) for r in reqs for s in [*r.seqs, *([r.summary] if r.summary else [])]])
         assert llm.engine.pool.num_free == 47

@@ -20,16 +20,18 @@ from parathinker.engine.sequence import RequestSpec  # noqa: E402
 
 
 def _specs() -> list[RequestSpec]:
-    """Requests of every mode decoding together: ends, spent budgets, First-Finish cuts, a re-prefill summary."""
+    """Requests of every mode decoding together: ends, spent budgets, cuts, a re-prefill summary, the ablations."""
     sp = [SamplingParams(temperature=1.0, top_p=0.9, seed=1), SamplingParams(temperature=1.2, seed=2),
           SamplingParams(temperature=0.8, top_k=5, seed=3), SamplingParams(temperature=0.0),
-          SamplingParams(temperature=1.0, top_p=0.95, seed=5)]
+          SamplingParams(temperature=1.0, top_p=0.95, seed=5), SamplingParams(temperature=0.9, seed=6)]
     pps = [ParallelParams(num_paths=3, max_path_tokens=9, summary_max_tokens=5, termination="first"),
            ParallelParams(num_paths=4, max_path_tokens=6, summary_max_tokens=4, termination="last"),
            ParallelParams(mode="majority", num_paths=3, max_path_tokens=7),
            ParallelParams(mode="sequential", max_path_tokens=5),
-           ParallelParams(mode="reprefill", num_paths=2, max_path_tokens=5, summary_max_tokens=4, termination="half")]
-    prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15, 16, 17, 18], [19, 20, 21]]
+           ParallelParams(mode="reprefill", num_paths=2, max_path_tokens=5, summary_max_tokens=4, termination="half"),
+           ParallelParams(num_paths=3, max_path_tokens=7, summary_max_tokens=3, termination="2", flat_positions=True,
+                          thought_embeddings=False)]  # the ablations: positions from the stride, segment ids 0
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15, 16, 17, 18], [19, 20, 21], [22, 23]]
     return [RequestSpec(p, pp, s, [30, 31]) for p, pp, s in zip(prompts, pps, sp)]
 
 
