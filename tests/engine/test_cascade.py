@@ -15,6 +15,19 @@ import pytest
 os.environ.setdefault("TRITON_INTERPRET", "1")  # the triton row runs in Triton's CPU interpreter (set before import)
 
 from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams  # noqa: E402
+from parathinker.engine.attention import PagedCascade  # noqa: E402
+
+
+@pytest.fixture(autouse=True, params=["grouped", "threshold"])
+def grouping(request, monkeypatch):  # noqa: ANN001, ANN201
+    """Every test twice: rows sharing a prompt always read it as a group (the cascade's merge path), and with
+    the default threshold (these tests' short prompts are then read per row, one SDPA call)."""
+    from parathinker.engine import attention
+
+    if request.param == "grouped":
+        monkeypatch.setattr(attention, "CASCADE_MIN_SAVED_KEYS", 0)
+        monkeypatch.setattr(attention, "CASCADE_MIN_GROUP_KEYS", 0)
+    return request.param
 
 
 def _pair(ckpt):  # noqa: ANN001
@@ -55,7 +68,7 @@ def test_cascade_generation_equals_reference(request, ckpt, mode, paths, request
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_cascade_reads_pages_with_a_gap(shared):
+def test_cascade_reads_pages_with_a_gap(shared, grouping):
     """Pages 24, 30, 26, 27 (+ 28 for the row's own token): first and last slot 96 and 111 (112) as if the
     keys were one stretch, but 100-103 are not among them and 120-123 are. A slice would read the wrong keys."""
     import torch
@@ -116,3 +129,35 @@ def churn_equals_reference(ckpt, attention: str, device: str, tol: float = 1e-5)
     (got, ref) = runs
     assert [b for b, _ in got] == [b for b, _ in ref]
     assert max(abs(x - y) for (_, a), (_, b) in zip(got, ref) for x, y in zip(a, b)) <= tol
+
+
+def test_short_prompts_are_read_per_row_long_ones_as_a_group(grouping):
+    """The grouping rule: a group saves (rows - 1) x prompt length key reads; groups that save at least
+    CASCADE_MIN_GROUP_KEYS are formed if together they save CASCADE_MIN_SAVED_KEYS."""
+    import torch
+
+    from parathinker.engine import attention
+    from parathinker.engine.block_manager import PagePool
+    from parathinker.engine.runner import Chunk
+
+    pool = PagePool(200, 16)
+    pool.admit(0, 190)
+    cache = torch.zeros(1, 2, 200 * 16, 2, 8)
+
+    def groups(prompt_len: int, rows: int, requests: int = 1):  # noqa: ANN202
+        chunks = []
+        for _ in range(requests):
+            prompt = pool.new_run()
+            pool.extend(prompt, prompt_len, 0)
+            own = [pool.new_run() for _ in range(rows)]
+            chunks += [Chunk([5], [prompt_len], [0], pool.extend(o, 1, 0), [prompt, o], shared_prefix=True) for o in own]
+        return PagedCascade.for_chunks(cache, chunks, torch.device("cpu")).groups
+
+    limit = attention.CASCADE_MIN_SAVED_KEYS
+    if grouping == "grouped":
+        assert groups(3, 2) is not None
+    else:
+        assert limit == 1024 and attention.CASCADE_MIN_GROUP_KEYS == 256
+        assert groups(limit // 7 - 1, 8) is None and groups(limit // 7 + 1, 8) is not None
+        assert groups(limit // 14 + 1, 8, requests=2) is not None  # the step's savings count, not one group's
+        assert groups(256 // 7 - 1, 8, requests=8) is None  # but each group must save enough on its own

@@ -171,6 +171,15 @@ class TritonDecode:
                                 merge_kernel=self.merge_kernel)
 
 
+# A request's rows read their shared prompt as a group when that saves at least CASCADE_MIN_GROUP_KEYS key
+# reads ((rows - 1) x prompt length), and only if the step's groups save CASCADE_MIN_SAVED_KEYS together: the
+# groups' extra ops (a second partial softmax, the merge) have a fixed cost per step and a cost per group that
+# reading short prompts once per row undercuts on the CPU. Measured (benchmarks/cascade_grouping.py): one
+# request crosses over near 1000 saved reads, 16 requests near 250 per group.
+CASCADE_MIN_GROUP_KEYS = 256
+CASCADE_MIN_SAVED_KEYS = 1024
+
+
 class PagedCascade:
     """Decode steps (one new token per row) in plain torch, reading a shared prompt once per request.
 
@@ -179,9 +188,11 @@ class PagedCascade:
     form a *group*: the prompt's K/V are gathered once per group and all its rows' queries attend
     to them in one batched product; every row's other runs (its own tokens; a summary's paths) are
     its private part. The two partial softmaxes are merged exactly by their log-sum-exp. The
-    reference backend instead gathers the prompt once per row, P times per step. A step with no
-    group (one path, or summaries only) is one fused SDPA call over each row's keys (read in place
-    when a single row's slots are consecutive).
+    reference backend instead gathers the prompt once per row, P times per step. Rows form groups
+    only when that saves enough key reads (``CASCADE_MIN_GROUP_KEYS`` per group,
+    ``CASCADE_MIN_SAVED_KEYS`` in the step): short prompts are cheaper to read per row. A step with no group (one path, summaries only, short
+    prompts) is one fused SDPA call over each row's keys (read in place when a single row's slots
+    are consecutive).
     """
 
     def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, groups: tuple | None, private: tuple):
@@ -196,10 +207,20 @@ class PagedCascade:
         from .graph_runner import Plan  # the grouping rule the Triton path uses (import here: no cycle)
 
         plan = Plan.from_chunks(chunks, max_rows=len(chunks))  # groups of >= 2 rows; everything else single
+        per_row: list[list[int]] = [[] for _ in chunks]
+        saved = [run.length * (len(rows) - 1) for run, rows in plan.shared]  # key reads a group saves
+        big = [i for i, n in enumerate(saved) if n >= CASCADE_MIN_GROUP_KEYS]
+        if sum(saved[i] for i in big) < CASCADE_MIN_SAVED_KEYS:
+            big = []
+        shared = [plan.shared[i] for i in big]
+        for i, (run, rows) in enumerate(plan.shared):  # short prompts: read per row (cheaper than a merge's extra ops)
+            if i not in big:
+                for r in rows:
+                    per_row[r].extend(run.slot_list)
         groups = None
-        if plan.shared:
-            runs = [run for run, _ in plan.shared]
-            rows, row_valid = _padded([list(r) for _, r in plan.shared])
+        if shared:
+            runs = [run for run, _ in shared]
+            rows, row_valid = _padded([list(r) for _, r in shared])
             if len(runs) == 1 and _consecutive(runs[0].slot_list):  # one prompt in consecutive pages: a view
                 first = runs[0].slot_list[0]
                 keys: slice | torch.Tensor = slice(first, first + runs[0].length)
@@ -207,7 +228,6 @@ class PagedCascade:
             else:
                 keys, valid = (t.to(device) for t in _padded([r.slot_list for r in runs]))
             groups = (keys, valid, rows.to(device), row_valid.to(device))
-        per_row: list[list[int]] = [[] for _ in chunks]
         for run, r in plan.single:
             per_row[r].extend(run.slot_list)
         if len(per_row) == 1 and _consecutive(per_row[0]):
