@@ -190,9 +190,9 @@ class PagedCascade:
     its private part. The two partial softmaxes are merged exactly by their log-sum-exp. The
     reference backend instead gathers the prompt once per row, P times per step. Rows form groups
     only when that saves enough key reads (``CASCADE_MIN_GROUP_KEYS`` per group,
-    ``CASCADE_MIN_SAVED_KEYS`` in the step): short prompts are cheaper to read per row. A step with no group (one path, summaries only, short
-    prompts) is one fused SDPA call over each row's keys (read in place when a single row's slots
-    are consecutive).
+    ``CASCADE_MIN_SAVED_KEYS`` in the step): short prompts are cheaper to read per row. A step
+    with no group (one path, summaries only, short prompts) is one fused SDPA call over each row's
+    keys (read in place when a single row's slots are consecutive).
     """
 
     def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, groups: tuple | None, private: tuple):
@@ -209,10 +209,10 @@ class PagedCascade:
         plan = Plan.from_chunks(chunks, max_rows=len(chunks))  # groups of >= 2 rows; everything else single
         per_row: list[list[int]] = [[] for _ in chunks]
         saved = [run.length * (len(rows) - 1) for run, rows in plan.shared]  # key reads a group saves
-        big = [i for i, n in enumerate(saved) if n >= CASCADE_MIN_GROUP_KEYS]
+        big = {i for i, n in enumerate(saved) if n >= CASCADE_MIN_GROUP_KEYS}
         if sum(saved[i] for i in big) < CASCADE_MIN_SAVED_KEYS:
-            big = []
-        shared = [plan.shared[i] for i in big]
+            big = set()
+        shared = [g for i, g in enumerate(plan.shared) if i in big]
         for i, (run, rows) in enumerate(plan.shared):  # short prompts: read per row (cheaper than a merge's extra ops)
             if i not in big:
                 for r in rows:
