@@ -4,8 +4,10 @@
 second partial softmax, a log-sum-exp merge) only when that saves enough key reads ((rows - 1) x
 prompt length: `CASCADE_MIN_GROUP_KEYS` per group, `CASCADE_MIN_SAVED_KEYS` in the step);
 otherwise each row reads prompt + own keys in one SDPA call. This measures both ways side by side in one
-process (alternating, median of repeats) for one step's attention of one layer (building the step's
-metadata included, as the engine does once per step), and says which one the rule picks.
+process (alternating, median of repeats) for one step's attention of `--layers` layers (building the
+step's metadata included, as the engine does once per step), and says which one the rule picks. The
+"(einsum)" column is the grouped way with the partials as einsums instead of SDPA's CPU flash kernel
+(what runs on a torch without that op).
 
     python benchmarks/cascade_grouping.py --out runs/cascade_grouping.json
 """
@@ -77,28 +79,34 @@ def main() -> None:
     rows = []
     print(f"CASCADE_MIN_GROUP_KEYS {limits[0]}, CASCADE_MIN_SAVED_KEYS {limits[1]}; ms per step "
           f"({args.layers} layers of attention), median of {args.repeats}")
-    print(f"{'shape':>13} {'reqs':>4} {'P':>3} {'prompt':>6} {'grouped':>8} {'per row':>8} {'per row/grouped':>15} {'rule':>8}")
+    flash = attention._FLASH_CPU
+    print(f"{'shape':>13} {'reqs':>4} {'P':>3} {'prompt':>6} {'grouped':>8} {'(einsum)':>8} {'per row':>8} "
+          f"{'per row/grouped':>15} {'rule':>8}")
     for name in args.shapes.split(","):
         for R in (int(x) for x in args.requests.split(",")):
             for P in (int(x) for x in args.paths.split(",")):
                 for L in (int(x) for x in args.prompts.split(",")):
                     fn, picks_group = step(SHAPES[name], R, P, L, args.own, args.layers)
-                    g, f = [], []
-                    for _ in range(args.repeats):  # alternating: the machine's noise hits both alike
+                    g, e, f = [], [], []
+                    for _ in range(args.repeats):  # alternating: the machine's noise hits all alike
                         attention.CASCADE_MIN_GROUP_KEYS = attention.CASCADE_MIN_SAVED_KEYS = 0
                         fn()
                         g.append(timed(fn, 5))
+                        attention._FLASH_CPU = None  # the einsum partials (torch versions without the flash op)
+                        fn()
+                        e.append(timed(fn, 5))
+                        attention._FLASH_CPU = flash
                         attention.CASCADE_MIN_GROUP_KEYS = attention.CASCADE_MIN_SAVED_KEYS = 1 << 62
                         fn()
                         f.append(timed(fn, 5))
                     attention.CASCADE_MIN_GROUP_KEYS, attention.CASCADE_MIN_SAVED_KEYS = limits
-                    gm, fm = statistics.median(g), statistics.median(f)
+                    gm, em, fm = statistics.median(g), statistics.median(e), statistics.median(f)
                     rule = "grouped" if picks_group else "per row"
                     best = "grouped" if gm <= fm else "per row"
-                    rows.append(dict(shape=name, requests=R, P=P, prompt=L, grouped_ms=gm, per_row_ms=fm, rule=rule,
-                                     faster=best))
+                    rows.append(dict(shape=name, requests=R, P=P, prompt=L, grouped_ms=gm, grouped_einsum_ms=em,
+                                     per_row_ms=fm, rule=rule, faster=best))
                     mark = "" if rule == best else "  (rule picks the slower)"
-                    print(f"{name:>13} {R:>4} {P:>3} {L:>6} {gm:8.2f} {fm:8.2f} {fm / gm:15.2f} {rule:>8}{mark}",
+                    print(f"{name:>13} {R:>4} {P:>3} {L:>6} {gm:8.2f} {em:8.2f} {fm:8.2f} {fm / gm:15.2f} {rule:>8}{mark}",
                           flush=True)
     wrong = [r for r in rows if r["rule"] != r["faster"]]
     lost = [max(r["grouped_ms"], r["per_row_ms"]) / min(r["grouped_ms"], r["per_row_ms"]) for r in wrong]

@@ -140,9 +140,9 @@ def test_short_prompts_are_read_per_row_long_ones_as_a_group(grouping):
     from parathinker.engine.block_manager import PagePool
     from parathinker.engine.runner import Chunk
 
-    pool = PagePool(200, 16)
-    pool.admit(0, 190)
-    cache = torch.zeros(1, 2, 200 * 16, 2, 8)
+    pool = PagePool(400, 16)
+    pool.admit(0, 399)
+    cache = torch.zeros(1, 2, 400 * 16, 2, 8)
 
     def groups(prompt_len: int, rows: int, requests: int = 1):  # noqa: ANN202
         chunks = []
@@ -157,7 +157,45 @@ def test_short_prompts_are_read_per_row_long_ones_as_a_group(grouping):
     if grouping == "grouped":
         assert groups(3, 2) is not None
     else:
-        assert limit == 1024 and attention.CASCADE_MIN_GROUP_KEYS == 256
+        per_group = attention.CASCADE_MIN_GROUP_KEYS
+        assert (limit, per_group) == (512, 100)
         assert groups(limit // 7 - 1, 8) is None and groups(limit // 7 + 1, 8) is not None
         assert groups(limit // 14 + 1, 8, requests=2) is not None  # the step's savings count, not one group's
-        assert groups(256 // 7 - 1, 8, requests=8) is None  # but each group must save enough on its own
+        assert groups(per_group // 7 - 1, 8, requests=8) is None  # but each group must save enough on its own
+        assert groups(per_group // 7 + 1, 8, requests=8) is not None
+
+
+def test_cascade_partials_flash_kernel_and_einsum_fallback_agree(grouping, monkeypatch):
+    """Both ways of computing a partial (SDPA's CPU flash kernel with its log-sum-exp, or einsums where a torch
+    lacks that op) against the reference: requests of different prompt lengths, rows of different lengths."""
+    import torch
+
+    from parathinker.engine import attention
+    from parathinker.engine.attention import PagedReference, build_metadata
+    from parathinker.engine.block_manager import PagePool
+    from parathinker.engine.runner import Chunk
+
+    g = torch.Generator().manual_seed(1)
+    pool = PagePool(240, 4)
+    pool.admit(0, 239)
+    cache = torch.randn(1, 2, 960, 2, 8, generator=g)
+    chunks, reads = [], []
+    # a group that pays (1200 saved reads), a short one (grouped only when forced; else read per row), a lone row
+    for L, P in ((600, 3), (60, 2), (5, 1)):
+        prompt = pool.new_run()
+        pool.extend(prompt, L, 0)
+        for k in range(P):
+            own = pool.new_run()
+            slots = pool.extend(own, 1 + 3 * k, 0)
+            chunks.append(Chunk([5], [L + 3 * k], [0], slots[-1:], [prompt, own], shared_prefix=True))
+            reads.append(prompt.slot_list + own.slot_list)
+    B = len(chunks)
+    q, k, v = torch.randn(B, 1, 4, 8, generator=g), torch.randn(B, 1, 2, 8, generator=g), torch.randn(B, 1, 2, 8, generator=g)
+    meta = build_metadata([c.new_slots for c in chunks], reads, [None] * B, torch.device("cpu"))
+    want = PagedReference(cache.clone(), meta)(0, q, k, v)
+    assert attention._FLASH_CPU is not None  # this torch has the op; the fallback is forced below
+    for flash in (attention._FLASH_CPU, None):
+        monkeypatch.setattr(attention, "_FLASH_CPU", flash)
+        att = PagedCascade.for_chunks(cache.clone(), chunks, torch.device("cpu"))
+        assert att.groups is not None and att.groups[2].shape[0] == (2 if grouping == "grouped" else 1)
+        torch.testing.assert_close(att(0, q, k, v), want, rtol=1e-5, atol=1e-5)

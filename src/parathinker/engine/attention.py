@@ -174,10 +174,10 @@ class TritonDecode:
 # A request's rows read their shared prompt as a group when that saves at least CASCADE_MIN_GROUP_KEYS key
 # reads ((rows - 1) x prompt length), and only if the step's groups save CASCADE_MIN_SAVED_KEYS together: the
 # groups' extra ops (a second partial softmax, the merge) have a fixed cost per step and a cost per group that
-# reading short prompts once per row undercuts on the CPU. Measured (benchmarks/cascade_grouping.py): one
-# request crosses over near 1000 saved reads, 16 requests near 250 per group.
-CASCADE_MIN_GROUP_KEYS = 256
-CASCADE_MIN_SAVED_KEYS = 1024
+# reading short prompts once per row undercuts on the CPU. Measured (benchmarks/cascade_grouping.py, with the
+# flash partials): one request crosses over near 500-1000 saved reads, 16 requests near 100 per group.
+CASCADE_MIN_GROUP_KEYS = 100
+CASCADE_MIN_SAVED_KEYS = 512
 
 
 class PagedCascade:
@@ -258,25 +258,44 @@ class PagedCascade:
             bias = None if valid is None else torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(
                 ~valid, float("-inf"))[:, None, None, :]
             return sdpa(q, keys, vals, bias)[:, 0]
-        qf = q[:, 0].float().view(B, KVH, G, D) * D**-0.5
-        # private part: (B, KVH, G, W) against each row's own keys
-        s = torch.einsum("bkgd,bwkd->bkgw", qf, keys.float())
-        if valid is not None:
-            s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
-        out, lse = _partial(s, vals.float(), "bkgw,bwkd->bkgd")
+        qf = q[:, 0].float().view(B, KVH, G, D)
+        out, lse = _partial_attention(qf, keys.float(), vals.float(), valid)  # private part: each row's own keys
         g_keys, g_valid, g_rows, g_rvalid = self.groups
         if isinstance(g_keys, slice):  # read in place
             keys, vals = kv[0][g_keys][None].float(), kv[1][g_keys][None].float()
         else:  # (NG, S, KVH, D): gathered once per group, not once per row
             keys, vals = kv[0][g_keys].float(), kv[1][g_keys].float()
-        qg = qf[g_rows.clamp_min(0)]  # (NG, Q, KVH, G, D)
-        s = torch.einsum("nqkgd,nskd->nqkgs", qg, keys)
-        if g_valid is not None:
-            s = s.masked_fill(~g_valid[:, None, None, None, :], float("-inf"))
-        o2, l2 = _partial(s, vals, "nqkgs,nskd->nqkgd")
+        NG, Q = g_rows.shape
+        qg = qf[g_rows.clamp_min(0)].permute(0, 2, 1, 3, 4).reshape(NG, KVH, Q * G, D)  # a group's rows x heads
+        o2, l2 = _partial_attention(qg, keys, vals, g_valid)
+        o2 = o2.view(NG, KVH, Q, G, D).permute(0, 2, 1, 3, 4)  # (NG, Q, KVH, G, D)
+        l2 = l2.view(NG, KVH, Q, G).permute(0, 2, 1, 3)
         rows = g_rows[g_rvalid]  # each row is in at most one group
         out, lse = _merge(out, lse, o2[g_rvalid], l2[g_rvalid], rows)
         return out.to(q.dtype).reshape(B, H, D)
+
+
+# SDPA's CPU flash kernel, which also returns the log-sum-exp a cascade merge needs (an internal op of
+# torch: where a torch version lacks it, the same arithmetic runs as einsums)
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _partial_attention(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor | None):  # noqa: ANN202
+    """q (N, KVH, M, D) over keys/values (N or 1, S, KVH, D), ``valid`` (N, S) or None, float32.
+
+    Returns the softmax-weighted values (N, KVH, M, D) and the log-sum-exp of the scaled scores
+    (N, KVH, M): one partial of a cascade, to be merged with ``_merge``.
+    """
+    D = q.shape[-1]
+    if _FLASH_CPU is not None and q.device.type == "cpu":
+        k, v = (x.expand(q.shape[0], -1, -1, -1).transpose(1, 2) for x in (keys, vals))  # (N, KVH, S, D)
+        bias = None if valid is None else torch.zeros(valid.shape, dtype=q.dtype).masked_fill_(
+            ~valid, float("-inf"))[:, None, None, :]
+        return _FLASH_CPU(q, k, v, attn_mask=bias, scale=D**-0.5)
+    s = torch.einsum("nkmd,nskd->nkms", q * D**-0.5, keys)
+    if valid is not None:
+        s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+    return _partial(s, vals, "nkms,nskd->nkmd")
 
 
 def _consecutive(slots: list[int]) -> bool:
