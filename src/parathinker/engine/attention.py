@@ -255,9 +255,7 @@ class PagedCascade:
         else:
             keys, vals = kv[0][slots], kv[1][slots]  # (B, W, KVH, D)
         if self.groups is None:  # nothing shared: one fused attention call
-            bias = None if valid is None else torch.zeros(valid.shape, dtype=q.dtype, device=q.device).masked_fill_(
-                ~valid, float("-inf"))[:, None, None, :]
-            return sdpa(q, keys, vals, bias)[:, 0]
+            return sdpa(q, keys, vals, _key_bias(valid, q.dtype))[:, 0]
         qf = q[:, 0].float().view(B, KVH, G, D)
         out, lse = _partial_attention(qf, keys.float(), vals.float(), valid)  # private part: each row's own keys
         g_keys, g_valid, g_rows, g_rvalid = self.groups
@@ -289,13 +287,18 @@ def _partial_attention(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, 
     D = q.shape[-1]
     if _FLASH_CPU is not None and q.device.type == "cpu":
         k, v = (x.expand(q.shape[0], -1, -1, -1).transpose(1, 2) for x in (keys, vals))  # (N, KVH, S, D)
-        bias = None if valid is None else torch.zeros(valid.shape, dtype=q.dtype).masked_fill_(
-            ~valid, float("-inf"))[:, None, None, :]
-        return _FLASH_CPU(q, k, v, attn_mask=bias, scale=D**-0.5)
+        return _FLASH_CPU(q, k, v, attn_mask=_key_bias(valid, q.dtype), scale=D**-0.5)
     s = torch.einsum("nkmd,nskd->nkms", q * D**-0.5, keys)
     if valid is not None:
         s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
     return _partial(s, vals, "nkms,nskd->nkmd")
+
+
+def _key_bias(valid: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(N, S) valid keys -> additive (N, 1, 1, S) bias: 0 where valid, -inf on padding (None: no padding)."""
+    if valid is None:
+        return None
+    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, float("-inf"))[:, None, None, :]
 
 
 def _consecutive(slots: list[int]) -> bool:
