@@ -94,13 +94,12 @@ def step_times(llm, specs) -> tuple[list[float], float]:  # noqa: ANN001
     return [b - a for a, b in zip(stamps, stamps[1:])], total
 
 
-def counted(llm, fn):  # noqa: ANN001, ANN201
-    """``fn()``'s dict plus the engine's exact redraws and discarded overlapped steps during it."""
+def counted_step_times(llm, specs) -> tuple[list[float], float, dict]:  # noqa: ANN001
+    """``step_times``, plus the engine's exact redraws and discarded overlapped steps during the run."""
     eng = llm.engine
     r0, d0 = eng.redrawn_rows, eng.discarded_steps
-    out = fn()
-    out.update(redrawn_rows=eng.redrawn_rows - r0, discarded_steps=eng.discarded_steps - d0)
-    return out
+    dts, total = step_times(llm, specs)
+    return dts, total, dict(redrawn_rows=eng.redrawn_rows - r0, discarded_steps=eng.discarded_steps - d0)
 
 
 def decode_ms(llm, P: int, context: int, steps: int) -> dict:  # noqa: ANN001
@@ -110,8 +109,8 @@ def decode_ms(llm, P: int, context: int, steps: int) -> dict:  # noqa: ANN001
     prompt = [5 + (i * 7) % 40 for i in range(context)]
     pp = ParallelParams(mode="majority", num_paths=P, max_path_tokens=steps)
     spec = _spec(prompt, pp, SamplingParams(**SAMPLING, seed=0, ignore_eos=True))
-    dts = counted(llm, lambda: dict(dts=step_times(llm, [spec])[0]))
-    return dict(engine_ms=1000 * statistics.median(dts.pop("dts")), replay_ms=graph_replay_ms(llm, P), **dts)
+    dts, _, counts = counted_step_times(llm, [spec])
+    return dict(engine_ms=1000 * statistics.median(dts), replay_ms=graph_replay_ms(llm, P), **counts)
 
 
 def graph_replay_ms(llm, rows: int, n: int = 20) -> float | None:  # noqa: ANN001
@@ -143,12 +142,11 @@ def multi_request(llm, requests: int, P: int, context: int, steps: int) -> dict:
     pp = ParallelParams(mode="majority", num_paths=P, max_path_tokens=steps)
     specs = [_spec([5 + (i * 7 + r) % 40 for i in range(context)], pp,
                    SamplingParams(**SAMPLING, seed=r, ignore_eos=True)) for r in range(requests)]
-    run = counted(llm, lambda: dict(zip(("dts", "total"), step_times(llm, specs))))
-    dts, total = run.pop("dts"), run.pop("total")
+    dts, total, counts = counted_step_times(llm, specs)
     ms = 1000 * statistics.median(dts)
     rows = requests * P
     return dict(requests=requests, P=P, context=context, steps=steps, step_ms=ms, tokens_per_s=rows / ms * 1000,
-                end_to_end_tokens_per_s=rows * steps / total, total_s=total, replay_ms=graph_replay_ms(llm, rows), **run)
+                end_to_end_tokens_per_s=rows * steps / total, total_s=total, replay_ms=graph_replay_ms(llm, rows), **counts)
 
 
 def _spec(prompt, pp, sp):  # noqa: ANN001
