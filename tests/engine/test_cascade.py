@@ -14,6 +14,8 @@ import pytest
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # the triton row runs in Triton's CPU interpreter (set before import)
 
+from scenarios import churn_equals_reference  # noqa: E402
+
 from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams  # noqa: E402
 from parathinker.engine.attention import PagedCascade  # noqa: E402
 
@@ -104,31 +106,6 @@ def test_decode_backends_equal_reference_after_page_churn(tiny_qwen2, attention)
     if attention == "triton":
         pytest.importorskip("triton")
     churn_equals_reference(tiny_qwen2, attention, "cpu")
-
-
-def churn_equals_reference(ckpt, attention: str, device: str, tol: float = 1e-5) -> None:  # noqa: ANN001
-    from parathinker.engine.sequence import RequestSpec
-
-    rng = random.Random(7)
-    modes = ["parathinker", "majority", "sequential", "reprefill"]
-    specs = []
-    for i in range(12):
-        mode = modes[i % 4]
-        pp = ParallelParams(mode=mode, num_paths=1 if mode == "sequential" else rng.randrange(2, 5),
-                            max_path_tokens=rng.randrange(3, 12), summary_max_tokens=rng.randrange(2, 6),
-                            termination=rng.choice(["first", "half", "last"]))
-        sp = SamplingParams(temperature=rng.choice([0.0, 1.0]), seed=i, top_p=rng.choice([1.0, 0.9]))
-        specs.append(RequestSpec([rng.randrange(4, 50) for _ in range(rng.randrange(1, 23))], pp, sp, [30]))
-    runs = []
-    for att in (attention, "reference"):
-        llm = LLM(ckpt, device=device, dtype="float32", cache=CacheConfig(num_pages=48, page_size=4, attention=att))
-        llm.engine.runner.causal_prefill = att != "reference"  # the oracle: explicit masks for prefill chunks too
-        reqs = llm.engine.run(specs)
-        runs.append([(s.body, s.logprobs) for r in reqs for s in [*r.seqs, *([r.summary] if r.summary else [])]])
-        assert llm.engine.pool.num_free == 47
-    (got, ref) = runs
-    assert [b for b, _ in got] == [b for b, _ in ref]
-    assert max(abs(x - y) for (_, a), (_, b) in zip(got, ref) for x, y in zip(a, b)) <= tol
 
 
 def test_short_prompts_are_read_per_row_long_ones_as_a_group(grouping):

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from scenarios import churn_equals_reference, logprobs, outcome, run_mixed
 
 from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
 
@@ -103,18 +104,12 @@ def test_cuda_causal_prefill_equals_masked_reference(tiny_qwen2, dtype, tol, mod
 @pytest.mark.parametrize("graphs", [True, False])
 def test_cuda_overlap_gives_the_synchronous_tokens(tiny_qwen2, graphs):
     """Overlapped decoding (the CUDA default) vs the synchronous loop, with CUDA graphs on and off: same tokens."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-    from test_overlap import _logprobs, _outcome, _run
-
     llm = LLM(tiny_qwen2, device="cuda", dtype="float32", cache=CacheConfig(kv_cache_memory=0.25, cuda_graphs=graphs))
     assert llm.engine.overlap  # on by default here
-    sync = _run(llm, False)
-    over = _run(llm, True)
-    assert _outcome(over) == _outcome(sync)
-    a, b = _logprobs(over), _logprobs(sync)
+    sync = run_mixed(llm, False)
+    over = run_mixed(llm, True)
+    assert outcome(over) == outcome(sync)
+    a, b = logprobs(over), logprobs(sync)
     assert max(abs(x - y) for x, y in zip(a, b)) <= 1e-4
     dec = llm.engine.runner.decoder
     assert dec is not None and dec.error is None and (dec.stats["replays"] > 0) == graphs
@@ -122,10 +117,4 @@ def test_cuda_overlap_gives_the_synchronous_tokens(tiny_qwen2, graphs):
 
 def test_cuda_triton_equals_reference_after_page_churn(tiny_qwen2):
     """Recycled, scattered pages (12 mixed requests through a 48-page pool): compiled Triton path vs reference."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-    from test_cascade import churn_equals_reference
-
     churn_equals_reference(tiny_qwen2, "triton", "cuda", tol=1e-4)  # split-K vs SDPA reductions on the GPU
