@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--clock", default="wall", choices=["wall", "process"],
                     help="process = CPU seconds of this process (use with --threads 1 on a busy machine)")
+    ap.add_argument("--unpacked", action="store_true",
+                    help="CPU: also time the engine with its GEMMs through F.linear (no oneDNN-packed weights)")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     args = ap.parse_args()
     global CLOCK
@@ -95,21 +97,34 @@ def main() -> None:
     engine_step_ms(llm, prompt_ids, 1, 4)  # warm-up both
     hf_step_ms(hf, ids, 1, 4)
     rows = []
+    runner = llm.engine.runner
+    packed = runner.fused is not None and runner.fused.packed
     print(f"model {llm.path.name}, prompt {ids.shape[1]} tokens, {args.tokens} decode steps, "
-          f"median of {args.repeats}, torch threads {torch.get_num_threads()}, {args.clock} clock")
-    print(f"{'P':>3} {'engine ms/step':>15} {'HF ms/step':>11} {'engine tok/s':>13} {'HF tok/s':>9} {'speed-up':>9}")
+          f"median of {args.repeats}, torch threads {torch.get_num_threads()}, {args.clock} clock, "
+          f"engine GEMMs {'packed (oneDNN)' if packed else 'F.linear'}")
+    unpacked = args.unpacked and packed
+    print(f"{'P':>3} {'engine ms/step':>15} {'HF ms/step':>11} {'engine tok/s':>13} {'HF tok/s':>9} {'speed-up':>9}"
+          + (f" {'unpacked ms/step':>17} {'unpacked speed-up':>18}" if unpacked else ""))
     for P in [int(x) for x in args.paths.split(",")]:
-        e, h = [], []
+        e, h, u = [], [], []
         for _ in range(args.repeats):
             e.append(engine_step_ms(llm, prompt_ids, P, args.tokens))
             h.append(hf_step_ms(hf, ids, P, args.tokens))
+            if unpacked:
+                runner.set_decode(packed=False)
+                u.append(engine_step_ms(llm, prompt_ids, P, args.tokens))
+                runner.set_decode(packed=True)
         em, hm = statistics.median(e), statistics.median(h)
         ratio = statistics.median(b / a for a, b in zip(e, h))
         row = dict(P=P, engine_ms=em, hf_ms=hm, engine_tok_s=1000 * P / em, hf_tok_s=1000 * P / hm, speedup=ratio,
-                   engine_runs=e, hf_runs=h)
+                   engine_packed=packed, engine_runs=e, hf_runs=h)
+        line = f"{P:>3} {em:>15.2f} {hm:>11.2f} {row['engine_tok_s']:>13.1f} {row['hf_tok_s']:>9.1f} {ratio:>8.2f}x"
+        if unpacked:
+            row.update(unpacked_ms=statistics.median(u), unpacked_speedup=statistics.median(b / a for a, b in zip(u, h)),
+                       unpacked_runs=u)
+            line += f" {row['unpacked_ms']:>17.2f} {row['unpacked_speedup']:>17.2f}x"
         rows.append(row)
-        print(f"{P:>3} {em:>15.2f} {hm:>11.2f} {row['engine_tok_s']:>13.1f} {row['hf_tok_s']:>9.1f} {ratio:>8.2f}x",
-              flush=True)
+        print(line, flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
 

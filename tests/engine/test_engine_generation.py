@@ -111,8 +111,8 @@ def test_control_tokens_never_sampled_inside_paths(tiny_qwen2):
         llm.model.lm_head.weight[list(llm.control.all_ids)] += 0.0
         bias = torch.zeros(llm.model.config.vocab_size)
         bias[list(llm.control.all_ids)] = 50.0
-    orig = llm.model.logits
-    llm.model.logits = lambda h: orig(h) + bias
+    orig = llm.engine.runner._logits  # every forward's logits (the fused step's LM head included)
+    llm.engine.runner._logits = lambda h: orig(h) + bias
     pp = ParallelParams(num_paths=4, termination="last", max_path_tokens=8, summary_max_tokens=8, summary_prefix="")
     out = llm.generate(["what is"], pp, SamplingParams(temperature=1.0, seed=0), raw=True)[0]
     controls = set(llm.control.all_ids)

@@ -7,17 +7,22 @@ The same model as ``ParaThinkerForCausalLM.hidden`` (tested equal), laid out for
 
 about ten launches where the modular forward makes ~50 (see ``kernels``). On CUDA the elementwise
 ops are Triton kernels; elsewhere their torch twins, so the CPU still gets the fused GEMMs.
-Attention backends take the already written K/V through ``attend(layer, q)``.
+Attention backends take the already written K/V through ``attend(layer, q)``. On the CPU the four
+GEMMs per layer and the LM head can run over oneDNN-packed weights (``cpu_gemm``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from ..model import ParaThinkerForCausalLM
+from .cpu_gemm import Linear, PackedLinear, dense, packing_problem
+
+log = logging.getLogger(__name__)
 
 
 class DecodeAttention(Protocol):
@@ -29,8 +34,16 @@ class DecodeAttention(Protocol):
         ...
 
 
+def _params(*linears: nn.Linear) -> list[torch.Tensor]:
+    return [t for lin in linears for t in (lin.weight, lin.bias) if t is not None]
+
+
+def _gemm(lin: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+    return lin.weight, lin.bias, _params(lin)
+
+
 class FusedDecoder:
-    def __init__(self, model: ParaThinkerForCausalLM, use_triton: bool):
+    def __init__(self, model: ParaThinkerForCausalLM, use_triton: bool, pack: bool = False):
         # imported here, not at the top: Triton reads TRITON_INTERPRET when the kernels are defined,
         # and the engine module is imported before a test or script can set it
         from . import kernels
@@ -43,6 +56,20 @@ class FusedDecoder:
         self.heads, self.kv_heads = cfg.num_heads, cfg.num_kv_heads
         self.inv_freq = model.rotary.inv_freq.float().contiguous()
         self.scaling = float(model.rotary.scaling)
+        # per layer (qkv, o, gate_up, down), then the LM head, as (weight, bias, the parameters they come
+        # from); packed for oneDNN on the CPU when asked and it pays
+        gemms = [[(*a.qkv, _params(a.q_proj, a.k_proj, a.v_proj)), _gemm(a.o_proj),
+                  (*m.gate_up, _params(m.gate_proj, m.up_proj)), _gemm(m.down_proj)]
+                 for a, m in ((layer.self_attn, layer.mlp) for layer in model.model.layers)]
+        head = _gemm(model.lm_head)
+        everything = [w for layer in gemms for w, _, _ in layer] + [head[0]]
+        self.pack_problem = packing_problem(everything) if pack else None  # why asked but not packed
+        self.packed = pack and self.pack_problem is None
+        make = PackedLinear if self.packed else dense
+        self.linears: list[tuple[Linear, ...]] = [tuple(make(*g) for g in layer) for layer in gemms]
+        self.head = make(*head)
+        if self.pack_problem:
+            log.info("decode GEMMs stay unpacked: %s", self.pack_problem)
 
     @torch.inference_mode()
     def hidden(self, ids: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, attn: DecodeAttention) -> torch.Tensor:
@@ -52,17 +79,22 @@ class FusedDecoder:
         tables = kernels.rope_tables(pos, self.inv_freq, self.scaling)  # once per step, for every layer
         residual = None
         for i, layer in enumerate(m.layers):
-            a, mlp = layer.self_attn, layer.mlp
+            a = layer.self_attn
             h, residual = kernels.add_rmsnorm(x, residual, layer.input_layernorm.weight,
                                               layer.input_layernorm.eps, tri)
-            qkv = F.linear(h, *a.qkv)
+            qkv_proj, o_proj, gate_up_proj, down_proj = self.linears[i]
+            qkv = qkv_proj(h)
             seg_table = a.seg_embeddings.weight if a.seg_embeddings is not None else None
             q = kernels.rope_write(qkv, seg, seg_table, attn.cache[i], attn.slot_mapping, self.heads, self.kv_heads,
                                    tables, tri)
             o = attn.attend(i, q)  # (B, H, hd)
-            x = a.o_proj(o.reshape(o.shape[0], -1))
+            x = o_proj(o.reshape(o.shape[0], -1))
             h, residual = kernels.add_rmsnorm(x, residual, layer.post_attention_layernorm.weight,
                                               layer.post_attention_layernorm.eps, tri)
-            x = mlp.down_proj(kernels.silu_mul(F.linear(h, *mlp.gate_up), tri))
+            x = down_proj(kernels.silu_mul(gate_up_proj(h), tri))
         h, _ = kernels.add_rmsnorm(x, residual, m.norm.weight, m.norm.eps, tri)
         return h
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head (``ParaThinkerForCausalLM.logits``) over the same weights as the step's GEMMs: float32."""
+        return self.head(hidden).float()

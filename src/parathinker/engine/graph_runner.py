@@ -291,7 +291,7 @@ class DecodeGraphs:
     def _forward_with(self, st: DecodeState, fused: FusedDecoder | None) -> torch.Tensor:
         attn = st.attention(self.cache, self.page_size, merge_kernel=fused is not None)
         if fused is not None:
-            return self.model.logits(fused.hidden(st.d["ids"], st.d["pos"], st.d["seg"], attn))
+            return fused.logits(fused.hidden(st.d["ids"], st.d["pos"], st.d["seg"], attn))
         hidden = self.model.hidden(st.d["ids"], st.d["pos"], st.d["seg"], attn)  # (B, 1, D)
         return self.model.logits(hidden[:, 0])  # (B, V) float32
 

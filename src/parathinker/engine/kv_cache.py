@@ -33,6 +33,12 @@ class CacheConfig:
         metadata={"help": "decode steps through fused q|k|v and gate|up GEMMs and fused norm/RoPE/KV-write/SiLU/merge "
                   "kernels (Triton with triton attention, torch twins otherwise); off: the model's modular forward"},
     )
+    packed_weights: bool = field(
+        default=True,
+        metadata={"help": "CPU: the fused decode step's GEMMs and the LM head run over a copy of the weights packed "
+                  "once for oneDNN (8 rows cost about what 1 does); skipped when the copy would take more than "
+                  "a quarter of the free memory"},
+    )
     overlap: bool = field(
         default=True,
         metadata={"help": "CUDA: launch decode step n+1 before reading step n's tokens on the host, so the host's "

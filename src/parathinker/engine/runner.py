@@ -66,6 +66,7 @@ class ModelRunner:
         self.num_forwards = 0
         self.decode_backend = resolve_backend(cache_config.attention, self.device)
         self.fused = None  # the decode forward with fused GEMMs/kernels (Triton ones with triton attention)
+        self.pack_weights = cache_config.packed_weights
         if cache_config.fused_decode:
             self._make_fused()
         self.causal_prefill = True  # multi-token chunks through PagedCausal (False: the masked reference, for comparisons)
@@ -79,16 +80,21 @@ class ModelRunner:
     def _make_fused(self) -> None:
         fusable = isinstance(self.model, ParaThinkerForCausalLM)  # stand-in models (tests) keep their own hidden()
         if fusable and self.decode_backend in ("triton", "cascade"):
-            self.fused = FusedDecoder(self.model, use_triton=self.decode_backend == "triton")
+            self.fused = FusedDecoder(self.model, use_triton=self.decode_backend == "triton",
+                                      pack=self.pack_weights and self.device.type == "cpu")
 
-    def set_decode(self, *, fused: bool | None = None, cuda_graphs: bool | None = None) -> None:
-        """Switch the fused forward and/or CUDA graphs (benchmarks compare them in one process).
+    def set_decode(self, *, fused: bool | None = None, cuda_graphs: bool | None = None,
+                   packed: bool | None = None) -> None:
+        """Switch the fused forward, CUDA graphs and/or packed CPU weights (benchmarks compare them in one process).
 
         Captured graphs are dropped when the forward changes. ``cuda_graphs`` only takes effect on
-        CUDA with triton attention where capture has not failed.
+        CUDA with triton attention where capture has not failed; ``packed`` only on the CPU.
         """
-        if fused is not None and fused != (self.fused is not None):
-            if fused:
+        remake = packed is not None and packed != self.pack_weights and self.fused is not None
+        if packed is not None:
+            self.pack_weights = packed
+        if remake or (fused is not None and fused != (self.fused is not None)):
+            if fused or (fused is None and self.fused is not None):
                 self._make_fused()
             else:
                 self.fused = None
@@ -97,6 +103,10 @@ class ModelRunner:
         if cuda_graphs is not None and self.decoder is not None:
             dec = self.decoder
             dec.use_graphs = cuda_graphs and dec.device.type == "cuda" and dec.error is None
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., V) float32 logits: through the fused step's LM head when there is one (packed on the CPU)."""
+        return (self.fused or self.model).logits(hidden)
 
     @torch.inference_mode()
     def prefill(self, chunks: list[Chunk]) -> torch.Tensor:
@@ -126,7 +136,7 @@ class ModelRunner:
         hidden = self.model.hidden(*(x.to(dev) for x in flat), attn)  # (1, sum(lens), D)
         self.num_forwards += 1
         ends = torch.tensor(lens).cumsum(0) - 1
-        return self.model.logits(hidden[0, ends.to(dev)])
+        return self._logits(hidden[0, ends.to(dev)])
 
     @torch.inference_mode()
     def forward(self, chunks: list[Chunk], feed: Feed | None = None) -> torch.Tensor:
@@ -152,9 +162,9 @@ class ModelRunner:
             attn = PagedCascade.for_chunks(self.kv.data, chunks, dev)
             self.num_forwards += 1
             if self.fused is not None:
-                return self.model.logits(self.fused.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn))
+                return self._logits(self.fused.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn))
             hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
-            return self.model.logits(hidden[:, 0])
+            return self._logits(hidden[:, 0])
         return self._forward_dense(chunks, ids, pos, seg)
 
     def _forward_dense(self, chunks: list[Chunk], ids: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor,
@@ -169,7 +179,7 @@ class ModelRunner:
         self.num_forwards += 1
         lengths = torch.tensor([len(c.tokens) for c in chunks], device=dev)
         last = hidden[torch.arange(B, device=dev), lengths - 1]  # (B, D)
-        return self.model.logits(last)
+        return self._logits(last)
 
     def _forward_causal(self, c: Chunk) -> torch.Tensor:
         """A chunk that reads its context, then its own new tokens causally (a prompt, forced tokens).
@@ -228,7 +238,7 @@ class ModelRunner:
         attn = PagedCausal(self.kv.data, torch.tensor([c.new_slots[a:b]], device=dev),
                            None if fresh else torch.tensor([read], device=dev))
         self.num_forwards += 1
-        return self.model.logits(self.model.hidden(*(x.to(dev) for x in t), attn)[:, -1])
+        return self._logits(self.model.hidden(*(x.to(dev) for x in t), attn)[:, -1])
 
 
 def _padded_inputs(chunks: list[Chunk], T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
