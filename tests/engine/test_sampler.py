@@ -17,7 +17,7 @@ def _row(seed=0, banned=NO_BAN, **kw):
 
 
 def _allowed(probs, top_k, top_p):
-    vals, ids, _ = sampler._filtered(probs, [SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p)])
+    vals, ids, _, _ = sampler._filtered(probs, [SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p)])
     return {int(i): float(v) for i, v in zip(ids[0], vals[0]) if v > 0}
 
 
@@ -29,8 +29,8 @@ def test_partial_topk_equals_full_sort_nucleus():
     keep = (sorted_p.cumsum(-1) - sorted_p) < 0.9
     full = {int(i): float(v) for i, v, k in zip(order[0], sorted_p[0], keep[0]) if k}
     assert fast.keys() == full.keys()
-    _, _, flag = sampler._filtered(probs, [SamplingParams(temperature=1.0, top_p=0.9)])
-    assert not flag.any()  # this nucleus fits the window: no redraw
+    _, _, flag, _ = sampler._filtered(probs, [SamplingParams(temperature=1.0, top_p=0.9)])
+    assert flag is None or not flag.any()  # this nucleus fits the window: no redraw
 
 
 def test_wide_nucleus_is_flagged_and_redrawn_exactly():
@@ -38,7 +38,7 @@ def test_wide_nucleus_is_flagged_and_redrawn_exactly():
     probs = torch.linspace(1.0, 1.2, 5000)[None]
     probs = probs / probs.sum()
     params = [SamplingParams(temperature=1.0, top_p=0.5), SamplingParams(temperature=1.0, top_p=0.5, top_k=100)]
-    _, _, flag = sampler._filtered(probs.expand(2, -1), params)
+    _, _, flag, _ = sampler._filtered(probs.expand(2, -1), params)
     assert flag.tolist() == [True, False]  # top-k 100 cuts inside the window first: exact already
     mass_before = probs.flip(-1).cumsum(-1) - probs.flip(-1)
     nucleus = 5000 - int((mass_before < 0.5).sum())  # ids >= nucleus are in (ascending probabilities)
@@ -116,3 +116,28 @@ def test_top_k_row_does_not_depend_on_a_wider_neighbour():
     alone = sample(logits[:3], request(5, 3, temperature=1.0, top_k=40))
     together = sample(logits, request(5, 3, temperature=1.0, top_k=40) + request(6, 1, temperature=1.0, top_k=2000))
     assert together[:3] == alone
+
+
+def test_first_window_draws_the_same_tokens(monkeypatch):
+    """The CPU's narrow first window gives the tokens the full window gives, seed for seed: rows whose
+    nucleus fits it (peaked logits), rows whose does not (flat ones: the full window, as before), top-k
+    rows on either side of its width, and batches mixing them."""
+    torch.manual_seed(5)
+    V = 3000
+    peaked, flat = torch.randn(6, V) * 4, torch.randn(6, V) * 0.5
+    kinds = [dict(temperature=0.6, top_p=0.95), dict(temperature=1.0, top_p=0.9, top_k=20),
+             dict(temperature=0.8, top_p=0.95, top_k=200), dict(temperature=1.0, top_p=1.0, top_k=50)]
+    used = []
+    real = sampler._filtered
+    monkeypatch.setattr(sampler, "_filtered", lambda probs, params: used.append(real(probs, params)[0].shape[-1])
+                        or real(probs, params))
+
+    def draws(logits, kw, first):
+        monkeypatch.setattr(sampler, "FIRST_CANDIDATES", first)
+        rows = [_row(seed, **kw) for seed in range(len(logits))]
+        return [sample(logits, rows) for _ in range(5)]  # five steps: the generators' streams move on
+
+    for logits in (peaked, flat, torch.cat([peaked[:3], flat[:3]])):
+        for kw in kinds:
+            assert draws(logits, kw, 64) == draws(logits, kw, sampler.CANDIDATES)
+    assert 64 in used and 200 in used and 1024 in used  # both windows ran
