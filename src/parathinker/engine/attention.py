@@ -195,12 +195,15 @@ class PagedCascade:
     keys (read in place when a single row's slots are consecutive).
     """
 
-    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, groups: tuple | None, private: tuple):
+    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, groups: tuple | None, private: tuple,
+                 whole: bool = False):
         self.cache = cache
         self.slot_mapping = slot_mapping  # (B,)
         # (keys: a slice of the pool or (NG, S) slots, valid (NG, S) or None, rows (NG, Q), row_valid (NG, Q))
         self.groups = groups
+        self.whole = whole  # one group of every row, in order (one request's paths)
         self.private = private  # (slots (B, W) or a slice, valid (B, W) or None)
+        self._memo: dict[str, torch.Tensor | None] = {}  # values every layer of the step shares
 
     @classmethod
     def for_chunks(cls, cache: torch.Tensor, chunks, device: torch.device) -> PagedCascade:  # noqa: ANN001
@@ -236,7 +239,8 @@ class PagedCascade:
             slots, valid = _padded(per_row)
             private = (slots.to(device), None if bool(valid.all()) else valid.to(device))
         slot_mapping = torch.tensor([c.new_slots[0] for c in chunks], dtype=torch.long, device=device)
-        return cls(cache, slot_mapping, groups, private)
+        whole = len(shared) == 1 and list(shared[0][1]) == list(range(len(chunks)))
+        return cls(cache, slot_mapping, groups, private, whole)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         write_kv(self.cache[layer], self.slot_mapping, k, v)
@@ -255,22 +259,38 @@ class PagedCascade:
         else:
             keys, vals = kv[0][slots], kv[1][slots]  # (B, W, KVH, D)
         if self.groups is None:  # nothing shared: one fused attention call
-            return sdpa(q, keys, vals, _key_bias(valid, q.dtype))[:, 0]
+            return sdpa(q, keys, vals, self._step("bias", lambda: _key_bias(valid, q.dtype)))[:, 0]
         qf = q[:, 0].float().view(B, KVH, G, D)
-        out, lse = _partial_attention(qf, keys.float(), vals.float(), valid)  # private part: each row's own keys
+        out, lse = _partial_attention(qf, keys.float(), vals.float(), valid,  # private part: each row's own keys
+                                      self._step("bias32", lambda: _key_bias(valid, torch.float32)))
         g_keys, g_valid, g_rows, g_rvalid = self.groups
         if isinstance(g_keys, slice):  # read in place
             keys, vals = kv[0][g_keys][None].float(), kv[1][g_keys][None].float()
         else:  # (NG, S, KVH, D): gathered once per group, not once per row
             keys, vals = kv[0][g_keys].float(), kv[1][g_keys].float()
         NG, Q = g_rows.shape
-        qg = qf[g_rows.clamp_min(0)].permute(0, 2, 1, 3, 4).reshape(NG, KVH, Q * G, D)  # a group's rows x heads
-        o2, l2 = _partial_attention(qg, keys, vals, g_valid)
+        if self.whole:  # one group of every row, in order (one request's paths): no gather or scatter of rows
+            qg = qf.permute(1, 0, 2, 3).reshape(1, KVH, B * G, D)
+        else:
+            q_rows = self._step("q_rows", lambda: g_rows.clamp_min(0))
+            qg = qf[q_rows].permute(0, 2, 1, 3, 4).reshape(NG, KVH, Q * G, D)  # a group's rows x heads
+        o2, l2 = _partial_attention(qg, keys, vals, g_valid,
+                                    self._step("group_bias32", lambda: _key_bias(g_valid, torch.float32)))
         o2 = o2.view(NG, KVH, Q, G, D).permute(0, 2, 1, 3, 4)  # (NG, Q, KVH, G, D)
         l2 = l2.view(NG, KVH, Q, G).permute(0, 2, 1, 3)
-        rows = g_rows[g_rvalid]  # each row is in at most one group
-        out, lse = _merge(out, lse, o2[g_rvalid], l2[g_rvalid], rows)
+        if self.whole:
+            out = _merge(out, lse, o2[0], l2[0])
+        else:
+            rows = self._step("rows", lambda: g_rows[g_rvalid])  # each row is in at most one group
+            out = out.clone()
+            out[rows] = _merge(out[rows], lse[rows], o2[g_rvalid], l2[g_rvalid])
         return out.to(q.dtype).reshape(B, H, D)
+
+    def _step(self, name: str, make):  # noqa: ANN001, ANN202
+        """A value every layer of this step shares (masks, row indices): made at the first layer."""
+        if name not in self._memo:
+            self._memo[name] = make()
+        return self._memo[name]
 
 
 # SDPA's CPU flash kernel, which also returns the log-sum-exp a cascade merge needs (an internal op of
@@ -278,8 +298,10 @@ class PagedCascade:
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def _partial_attention(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor | None):  # noqa: ANN202
+def _partial_attention(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor | None,
+                       bias: torch.Tensor | None = None):  # noqa: ANN202
     """q (N, KVH, M, D) over keys/values (N or 1, S, KVH, D), ``valid`` (N, S) or None, float32.
+    ``bias``: ``_key_bias(valid, float32)`` if the caller has it already.
 
     Returns the softmax-weighted values (N, KVH, M, D) and the log-sum-exp of the scaled scores
     (N, KVH, M): one partial of a cascade, to be merged with ``_merge``.
@@ -287,7 +309,9 @@ def _partial_attention(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, 
     D = q.shape[-1]
     if _FLASH_CPU is not None and q.device.type == "cpu":
         k, v = (x.expand(q.shape[0], -1, -1, -1).transpose(1, 2) for x in (keys, vals))  # (N, KVH, S, D)
-        return _FLASH_CPU(q, k, v, attn_mask=_key_bias(valid, q.dtype), scale=D**-0.5)
+        if bias is None:
+            bias = _key_bias(valid, q.dtype)
+        return _FLASH_CPU(q, k, v, attn_mask=bias, scale=D**-0.5)
     s = torch.einsum("nkmd,nskd->nkms", q * D**-0.5, keys)
     if valid is not None:
         s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
@@ -333,13 +357,8 @@ def _partial(scores: torch.Tensor, values: torch.Tensor, eq: str) -> tuple[torch
     return out, torch.log(total) + m[..., 0]
 
 
-def _merge(out: torch.Tensor, lse: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor, rows: torch.Tensor):  # noqa: ANN202
-    """Combine the rows' partials (out, lse: (B, KVH, G[, D])) with o2, l2 of ``rows``."""
-    a, b = lse[rows], l2
-    m = torch.maximum(a, b)
-    wa, wb = torch.exp(a - m), torch.exp(b - m)
-    out = out.clone()
-    lse = lse.clone()
-    out[rows] = (out[rows] * wa[..., None] + o2 * wb[..., None]) / (wa + wb)[..., None]
-    lse[rows] = m + torch.log(wa + wb)
-    return out, lse
+def _merge(out: torch.Tensor, lse: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
+    """Two partials of the same rows (out, o2: (R, KVH, G, D); lse, l2: (R, KVH, G)) -> the attention over both."""
+    m = torch.maximum(lse, l2)
+    wa, wb = torch.exp(lse - m)[..., None], torch.exp(l2 - m)[..., None]
+    return (out * wa + o2 * wb) / (wa + wb)
