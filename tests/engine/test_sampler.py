@@ -120,11 +120,13 @@ def test_top_k_row_does_not_depend_on_a_wider_neighbour():
 
 def test_first_window_draws_the_same_tokens(monkeypatch):
     """The CPU's narrow first window gives the tokens the full window gives, seed for seed: rows whose
-    nucleus fits it (peaked logits), rows whose does not (flat ones: the full window, as before), top-k
-    rows on either side of its width, and batches mixing them."""
+    nucleus fits it (peaked logits), rows whose does not (medium ones: those rows take the full window;
+    flat ones: not even that, an exact redraw), top-k rows on either side of its width, and batches
+    mixing them."""
     torch.manual_seed(5)
     V = 3000
-    peaked, flat = torch.randn(6, V) * 4, torch.randn(6, V) * 0.5
+    # nucleus at top-p 0.95: a few tokens / tens to hundreds (across 64: each row its own window) / most of V
+    peaked, medium, flat = torch.randn(6, V) * 4, torch.randn(6, V) * 1.5, torch.randn(6, V) * 0.5
     kinds = [dict(temperature=0.6, top_p=0.95), dict(temperature=1.0, top_p=0.9, top_k=20),
              dict(temperature=0.8, top_p=0.95, top_k=200), dict(temperature=1.0, top_p=1.0, top_k=50)]
     used = []
@@ -137,7 +139,7 @@ def test_first_window_draws_the_same_tokens(monkeypatch):
         rows = [_row(seed, **kw) for seed in range(len(logits))]
         return [sample(logits, rows) for _ in range(5)]  # five steps: the generators' streams move on
 
-    for logits in (peaked, flat, torch.cat([peaked[:3], flat[:3]])):
+    for logits in (peaked, medium, flat, torch.cat([peaked[:3], flat[:3]])):
         for kw in kinds:
             assert draws(logits, kw, 64) == draws(logits, kw, sampler.CANDIDATES)
     assert 64 in used and 200 in used and 1024 in used  # both windows ran

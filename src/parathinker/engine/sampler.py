@@ -13,8 +13,8 @@ whose nucleus might not fit (candidates' mass below its top-p, no top-k cutting 
 on the device, not checked with a host sync: the engine reads the flags in the step's one host copy
 and redraws just those rows exactly (``resample_exact``, a full sort), so results are exact either way.
 On the CPU, where a check costs nothing, a first window of ``FIRST_CANDIDATES`` is tried (a top-1024
-over SmolLM2's vocabulary costs 4x a top-64): when every nucleus fits it, the rows race over it with
-the same noise, so the same tokens come out.
+over SmolLM2's vocabulary costs 4x a top-64): rows whose nucleus fits it race over it with the same
+noise (so the same tokens come out); only the others take the full window.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .params import SamplingParams
 
@@ -160,7 +161,13 @@ def _filtered(probs: torch.Tensor, params: list[SamplingParams]):  # noqa: ANN20
         fits = (vals.cumsum(-1)[:, -1] >= top_p * (1 + 1e-5)) | ((top_k > 0) & (top_k <= first))
         if bool(fits.all()):
             return vals * _keep(vals, top_k, top_p), ids, None, width
-    vals, ids = probs.topk(width, dim=-1) if width < V else probs.sort(dim=-1, descending=True)
+        # the rows that do not fit take the full window; the others' extra columns are zeros (never drawn)
+        wide = torch.nonzero(~fits)[:, 0]
+        wide_vals, wide_ids = probs.index_select(0, wide).topk(width, dim=-1)
+        vals, ids = F.pad(vals, (0, width - first)), F.pad(ids, (0, width - first))
+        vals[wide], ids[wide] = wide_vals, wide_ids
+    else:
+        vals, ids = probs.topk(width, dim=-1) if width < V else probs.sort(dim=-1, descending=True)
     flag = None
     if width < V:  # the window may cut a nucleus short: unless top-k cuts first, its mass must reach top-p
         flag = (vals.sum(-1) < top_p) & ((top_k == 0) | (top_k > width))
