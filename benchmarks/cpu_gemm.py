@@ -6,6 +6,10 @@ counts (a decode step has one row per running path). The two ways alternate in o
 number is the median of --repeats, the speed-up the median of the per-repeat ratios.
 
     python benchmarks/cpu_gemm.py --shape smollm2-135m --rows 1,8,16,64 --out runs/cpu_gemm.json
+
+``--engine N``: instead, the engine end to end on the bundled model, packed vs F.linear (the same
+`LLM`, switched with `runner.set_decode(packed=...)`): N path-finding problems in one batch, 8
+paths each plus the summaries, as the bundled model's evaluation runs them.
 """
 
 from __future__ import annotations
@@ -42,6 +46,32 @@ def timed(fn, clock) -> float:  # noqa: ANN001
     return 1000 * (clock() - t)
 
 
+def engine_batch(n: int, repeats: int, clock) -> None:  # noqa: ANN001
+    from parathinker import LLM, ParallelParams, SamplingParams
+    from parathinker.tasks.pathfind.data import problems
+    from parathinker.tasks.pathfind.problem import GenConfig
+
+    llm = LLM()  # the bundled model
+    stream = problems(0, "bench", GenConfig())
+    prompts = [next(stream).prompt for _ in range(n)]
+    pp = ParallelParams(num_paths=8, max_path_tokens=128, summary_max_tokens=48)
+    sp = SamplingParams(temperature=1.0, seed=0)
+    runner = llm.engine.runner
+    times: dict[bool, list[float]] = {True: [], False: []}
+    answers: dict[bool, list] = {}
+    for _ in range(repeats + 1):  # the first round warms up
+        for packed in (True, False):
+            runner.set_decode(packed=packed)
+            t = clock()
+            outs = llm.generate(prompts, pp, sp)
+            times[packed].append(clock() - t)
+            answers[packed] = [o.answer for o in outs]
+    a, b = times[True][1:], times[False][1:]
+    print(f"bundled model, {n} problems x 8 paths + summaries, median of {repeats}: packed {statistics.median(a):.2f} s, "
+          f"F.linear {statistics.median(b):.2f} s, speed-up {statistics.median(y / x for x, y in zip(a, b)):.2f}x, "
+          f"same answers: {answers[True] == answers[False]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES))
@@ -50,10 +80,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--clock", default="process", choices=["wall", "process"])
+    ap.add_argument("--engine", type=int, default=0, metavar="N",
+                    help="time the engine end to end on N bundled-model problems instead (packed vs F.linear)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "process" else time.perf_counter
+    if args.engine:
+        engine_batch(args.engine, args.repeats, clock)
+        return
     dtype = getattr(torch, args.dtype)
     ws = weights(args.shape, dtype)
     problem = packing_problem(ws)
