@@ -203,7 +203,13 @@ class PagedCascade:
         self.groups = groups
         self.whole = whole  # one group of every row, in order (one request's paths)
         self.private = private  # (slots (B, W) or a slice, valid (B, W) or None)
-        self._memo: dict[str, torch.Tensor | None] = {}  # values every layer of the step shares
+        # what every layer of the step shares: key-padding biases (float32 for the cascade's partials), group rows
+        if groups is None:
+            self.bias = _key_bias(private[1], cache.dtype)
+        else:
+            _, g_valid, g_rows, g_rvalid = groups
+            self.bias, self.group_bias = _key_bias(private[1], torch.float32), _key_bias(g_valid, torch.float32)
+            self.q_rows, self.rows = g_rows.clamp_min(0), g_rows[g_rvalid]  # each row is in at most one group
 
     @classmethod
     def for_chunks(cls, cache: torch.Tensor, chunks, device: torch.device) -> PagedCascade:  # noqa: ANN001
@@ -259,10 +265,9 @@ class PagedCascade:
         else:
             keys, vals = kv[0][slots], kv[1][slots]  # (B, W, KVH, D)
         if self.groups is None:  # nothing shared: one fused attention call
-            return sdpa(q, keys, vals, self._step("bias", lambda: _key_bias(valid, q.dtype)))[:, 0]
+            return sdpa(q, keys, vals, self.bias)[:, 0]
         qf = q[:, 0].float().view(B, KVH, G, D)
-        out, lse = _partial_attention(qf, keys.float(), vals.float(), valid,  # private part: each row's own keys
-                                      self._step("bias32", lambda: _key_bias(valid, torch.float32)))
+        out, lse = _partial_attention(qf, keys.float(), vals.float(), valid, self.bias)  # each row's own keys
         g_keys, g_valid, g_rows, g_rvalid = self.groups
         if isinstance(g_keys, slice):  # read in place
             keys, vals = kv[0][g_keys][None].float(), kv[1][g_keys][None].float()
@@ -272,25 +277,17 @@ class PagedCascade:
         if self.whole:  # one group of every row, in order (one request's paths): no gather or scatter of rows
             qg = qf.permute(1, 0, 2, 3).reshape(1, KVH, B * G, D)
         else:
-            q_rows = self._step("q_rows", lambda: g_rows.clamp_min(0))
-            qg = qf[q_rows].permute(0, 2, 1, 3, 4).reshape(NG, KVH, Q * G, D)  # a group's rows x heads
-        o2, l2 = _partial_attention(qg, keys, vals, g_valid,
-                                    self._step("group_bias32", lambda: _key_bias(g_valid, torch.float32)))
+            qg = qf[self.q_rows].permute(0, 2, 1, 3, 4).reshape(NG, KVH, Q * G, D)  # a group's rows x heads
+        o2, l2 = _partial_attention(qg, keys, vals, g_valid, self.group_bias)
         o2 = o2.view(NG, KVH, Q, G, D).permute(0, 2, 1, 3, 4)  # (NG, Q, KVH, G, D)
         l2 = l2.view(NG, KVH, Q, G).permute(0, 2, 1, 3)
         if self.whole:
             out = _merge(out, lse, o2[0], l2[0])
         else:
-            rows = self._step("rows", lambda: g_rows[g_rvalid])  # each row is in at most one group
+            rows = self.rows
             out = out.clone()
             out[rows] = _merge(out[rows], lse[rows], o2[g_rvalid], l2[g_rvalid])
         return out.to(q.dtype).reshape(B, H, D)
-
-    def _step(self, name: str, make):  # noqa: ANN001, ANN202
-        """A value every layer of this step shares (masks, row indices): made at the first layer."""
-        if name not in self._memo:
-            self._memo[name] = make()
-        return self._memo[name]
 
 
 # SDPA's CPU flash kernel, which also returns the log-sum-exp a cascade merge needs (an internal op of

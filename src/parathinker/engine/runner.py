@@ -90,14 +90,14 @@ class ModelRunner:
         Captured graphs are dropped when the forward changes. ``cuda_graphs`` only takes effect on
         CUDA with triton attention where capture has not failed; ``packed`` only on the CPU.
         """
-        remake = packed is not None and packed != self.pack_weights and self.fused is not None
+        want = (self.fused is not None) if fused is None else fused
+        repack = want and packed is not None and packed != self.pack_weights
         if packed is not None:
             self.pack_weights = packed
-        if remake or (fused is not None and fused != (self.fused is not None)):
-            if fused or (fused is None and self.fused is not None):
+        if repack or want != (self.fused is not None):
+            self.fused = None
+            if want:
                 self._make_fused()
-            else:
-                self.fused = None
             if self.decoder is not None:
                 self.decoder.set_forward(self.fused)
         if cuda_graphs is not None and self.decoder is not None:

@@ -146,8 +146,9 @@ def _is_plain(p: SamplingParams) -> bool:
 
 def _filtered(probs: torch.Tensor, params: list[SamplingParams]):  # noqa: ANN202
     """Each row's candidates (values zeroed outside its top-k / nucleus), their ids, the unsure flags, and
-    the window width the noise is drawn for (the candidates are its first columns: all, or on the CPU
-    the ``FIRST_CANDIDATES`` when every row's top-k or nucleus fits those)."""
+    the window width the noise is drawn for. The candidates are the window's first columns: all of
+    it, or on the CPU the first ``FIRST_CANDIDATES`` when every row's top-k or nucleus fits those;
+    otherwise the rows that fit them have zeros in the rest."""
     dev = probs.device
     V = probs.shape[-1]
     most_k = max(p.top_k for p in params)
