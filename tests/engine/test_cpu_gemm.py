@@ -48,20 +48,51 @@ def test_packed_copy_follows_in_place_edits():
     torch.testing.assert_close(lin(x), F.linear(x, src.weight, src.bias))
 
 
+def _decode_step(model, fused: FusedDecoder | None) -> torch.Tensor:  # noqa: ANN001
+    """One decode step of 3 rows (paths sharing a 5-token prompt) over a random cache: final hidden states,
+    through ``fused`` or (None) the modular model."""
+    from parathinker.engine.attention import PagedCascade
+    from parathinker.engine.block_manager import PagePool
+    from parathinker.engine.runner import Chunk
+
+    cfg = model.config
+    cache = torch.randn(cfg.num_layers, 2, 16 * 4, cfg.num_kv_heads, cfg.head_dim,
+                        generator=torch.Generator().manual_seed(0))
+    pool = PagePool(16, 4)
+    pool.admit(0, 8)
+    prompt = pool.new_run()
+    pool.extend(prompt, 5, 0)
+    chunks = []
+    for i in range(3):
+        own = pool.new_run()
+        pool.extend(own, 2 + i, 0)
+        chunks.append(Chunk([7 + i], [6 + i], [i + 1], [own.slot(own.length - 1)], [prompt, own], shared_prefix=True))
+    ids, pos, seg = (torch.tensor([c.__dict__[f][0] for c in chunks]) for f in ("tokens", "positions", "segments"))
+    attn = PagedCascade.for_chunks(cache, chunks, "cpu")
+    if fused is None:
+        return model.hidden(ids[:, None], pos[:, None], seg[:, None], attn)[:, 0]
+    return fused.hidden(ids, pos, seg, attn)
+
+
 def test_fused_decoder_packed_equals_dense_and_follows_edits(tiny_llama):
-    """The packed step's logits match the modular model's, also after q_proj is edited in place (a fused
-    q|k|v source: the fused weight shares its storage but not its version counter)."""
+    """The packed step matches the modular model, also after weights are edited in place between steps:
+    q_proj (a fused q|k|v source: the fused weight shares its storage but not its version counter), a
+    down projection, and the LM head."""
     _packable(torch.float32)
     model = load_model(tiny_llama)
     fd = FusedDecoder(model, use_triton=False, pack=True)
     assert fd.packed and fd.pack_problem is None
     h = torch.randn(5, model.config.hidden_size)
     torch.testing.assert_close(fd.logits(h), model.logits(h), rtol=1e-5, atol=1e-5)
-    a = model.model.layers[0].self_attn
-    x = torch.randn(5, model.config.hidden_size)
+    torch.testing.assert_close(_decode_step(model, fd), _decode_step(model, None), rtol=1e-5, atol=1e-5)
+    layers = model.model.layers
     with torch.no_grad():
-        a.q_proj.weight.mul_(3.0)
-    torch.testing.assert_close(fd.linears[0][0](x), F.linear(x, *a.qkv), rtol=1e-5, atol=1e-5)
+        layers[0].self_attn.q_proj.weight.mul_(3.0)
+        layers[-1].mlp.down_proj.weight.mul_(-2.0)
+        model.lm_head.weight.add_(0.5)
+    torch.testing.assert_close(_decode_step(model, fd), _decode_step(model, None), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fd.logits(h), model.logits(h), rtol=1e-5, atol=1e-5)
+    a = layers[0].self_attn
     assert torch.equal(a.qkv[0][: a.q_proj.weight.shape[0]], a.q_proj.weight)
 
 

@@ -64,6 +64,30 @@ def test_rope_write_kernel(seg):
     assert kv_a[:, [5, 17, 0]].abs().sum(-1).gt(0).all() and kv_a[:, 1:5].eq(0).all()  # only the given slots
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_write_twin_is_the_models_rope_bit_for_bit(dtype):
+    """The twin's one-pass RoPE of q|k (and thought embedding added to k, v) gives the modular model's bits."""
+    from parathinker.model.model import _rotate_half
+
+    g = torch.Generator().manual_seed(5)
+    B, H, KVH, hd = 6, 6, 2, 32
+    qkv = torch.randn(B, (H + 2 * KVH) * hd, generator=g).to(dtype)
+    pos, segs = torch.randint(0, 4000, (B,), generator=g), torch.randint(0, 5, (B,), generator=g)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd))
+    table = torch.randn(5, hd, generator=g).to(dtype)
+    slots = torch.randperm(20, generator=g)[:B]
+    tables = kernels.rope_tables(pos, inv_freq, 0.8)
+    kv = torch.zeros(2, 20, KVH, hd, dtype=dtype)
+    q = kernels.rope_write_torch(qkv.clone(), segs, table, kv, slots, H, KVH, tables)
+    cos, sin = (torch.cat((x, x), dim=-1)[:, None, :].to(dtype) for x in tables)  # the model's Rotary layout
+    q_ref, k_ref, v_ref = qkv.view(B, H + 2 * KVH, hd).split([H, KVH, KVH], dim=1)
+    t = table[segs][:, None]
+    k_ref, v_ref = k_ref + t, v_ref + t
+    assert torch.equal(q, q_ref * cos + _rotate_half(q_ref) * sin)
+    assert torch.equal(kv[0, slots], k_ref * cos + _rotate_half(k_ref) * sin)
+    assert torch.equal(kv[1, slots], v_ref)
+
+
 @needs_cpu
 def test_silu_mul_kernel():
     x = torch.randn(3, 2 * 1500, generator=torch.Generator().manual_seed(2))  # two blocks, the second partial

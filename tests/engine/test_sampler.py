@@ -71,6 +71,7 @@ def test_empirical_distribution_and_bans():
     draws = {sample(logits, [banned])[0] for _ in range(200)}
     assert draws == {2, 3}
     assert sample(logits, [_row(banned=torch.tensor([0]), temperature=0.0)]) == [1]  # greedy respects bans
+    assert torch.equal(logits, torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])))  # bans go into a copy
 
 
 def test_seeded_rows_do_not_depend_on_batch_neighbours():

@@ -203,13 +203,19 @@ class PagedCascade:
         self.groups = groups
         self.whole = whole  # one group of every row, in order (one request's paths)
         self.private = private  # (slots (B, W) or a slice, valid (B, W) or None)
-        # what every layer of the step shares: key-padding biases (float32 for the cascade's partials), group rows
+        # what every layer of the step shares, made once per step: key-padding biases (float32 for the
+        # cascade's partials), group rows, and views of every layer's keys/values read in place
+        slots = private[0]
+        self.own = cache[:, :, slots][:, :, None] if isinstance(slots, slice) else None  # (L, 2, 1, W, KVH, hd)
+        self.own_slots = None if isinstance(slots, slice) else slots.reshape(-1)
         if groups is None:
             self.bias = _key_bias(private[1], cache.dtype)
-        else:
-            _, g_valid, g_rows, g_rvalid = groups
-            self.bias, self.group_bias = _key_bias(private[1], torch.float32), _key_bias(g_valid, torch.float32)
-            self.q_rows, self.rows = g_rows.clamp_min(0), g_rows[g_rvalid]  # each row is in at most one group
+            return
+        g_keys, g_valid, g_rows, g_rvalid = groups
+        self.bias, self.group_bias = _key_bias(private[1], torch.float32), _key_bias(g_valid, torch.float32)
+        self.q_rows, self.rows = g_rows.clamp_min(0), g_rows[g_rvalid]  # each row is in at most one group
+        # a prompt in consecutive slots: (L, 2, 1, KVH, S, hd), the layout the flash partial takes
+        self.shared = cache[:, :, g_keys].transpose(2, 3)[:, :, None] if isinstance(g_keys, slice) else None
 
     @classmethod
     def for_chunks(cls, cache: torch.Tensor, chunks, device: torch.device) -> PagedCascade:  # noqa: ANN001
@@ -254,33 +260,33 @@ class PagedCascade:
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """q (B, H, D), the rows' new K/V already stored -> (B, H, D)."""
-        kv = self.cache[layer]  # (2, slots, KVH, hd)
-        q = q[:, None]
-        B, _, H, D = q.shape
-        KVH = kv.shape[2]
+        B, H, D = q.shape
+        KVH = self.cache.shape[3]
         G = H // KVH
-        slots, valid = self.private
-        if isinstance(slots, slice):
-            keys, vals = kv[0][slots][None], kv[1][slots][None]  # (1, W, KVH, D), in place
-        else:
-            keys, vals = kv[0][slots], kv[1][slots]  # (B, W, KVH, D)
+        if self.own is not None:  # one row, consecutive slots: in place
+            keys, vals = self.own[layer]  # (1, W, KVH, D)
+        else:  # both halves in one gather: (2, B, W, KVH, D)
+            keys, vals = self.cache[layer].index_select(1, self.own_slots).view(2, B, -1, KVH, D)
         if self.groups is None:  # nothing shared: one fused attention call
-            return sdpa(q, keys, vals, self.bias)[:, 0]
-        qf = q[:, 0].float().view(B, KVH, G, D)
-        out, lse = _partial_attention(qf, keys.float(), vals.float(), valid, self.bias)  # each row's own keys
+            return sdpa(q[:, None], keys, vals, self.bias)[:, 0]
+        f32 = torch.float32
+        qf = q.view(B, KVH, G, D).to(f32)
+        out, lse = _partial_attention(qf, keys.to(f32), vals.to(f32), self.private[1], self.bias)  # each row's own keys
         g_keys, g_valid, g_rows, g_rvalid = self.groups
-        if isinstance(g_keys, slice):  # read in place
-            keys, vals = kv[0][g_keys][None].float(), kv[1][g_keys][None].float()
+        if self.shared is not None:  # read in place, already in the partial's layout
+            keys, vals = self.shared[layer].to(f32)  # (1, KVH, S, D)
         else:  # (NG, S, KVH, D): gathered once per group, not once per row
-            keys, vals = kv[0][g_keys].float(), kv[1][g_keys].float()
+            NG, S = g_keys.shape
+            keys, vals = self.cache[layer].index_select(1, g_keys.reshape(-1)).view(2, NG, S, KVH, D).to(f32)
+            keys, vals = keys.transpose(1, 2), vals.transpose(1, 2)
         NG, Q = g_rows.shape
         if self.whole:  # one group of every row, in order (one request's paths): no gather or scatter of rows
-            qg = qf.permute(1, 0, 2, 3).reshape(1, KVH, B * G, D)
+            qg = qf.transpose(0, 1).reshape(1, KVH, B * G, D)
         else:
-            qg = qf[self.q_rows].permute(0, 2, 1, 3, 4).reshape(NG, KVH, Q * G, D)  # a group's rows x heads
-        o2, l2 = _partial_attention(qg, keys, vals, g_valid, self.group_bias)
-        o2 = o2.view(NG, KVH, Q, G, D).permute(0, 2, 1, 3, 4)  # (NG, Q, KVH, G, D)
-        l2 = l2.view(NG, KVH, Q, G).permute(0, 2, 1, 3)
+            qg = qf[self.q_rows].transpose(1, 2).reshape(NG, KVH, Q * G, D)  # a group's rows x heads
+        o2, l2 = _partial_attention(qg, keys, vals, g_valid, self.group_bias, transposed=True)
+        o2 = o2.view(NG, KVH, Q, G, D).transpose(1, 2)  # (NG, Q, KVH, G, D)
+        l2 = l2.view(NG, KVH, Q, G).transpose(1, 2)
         if self.whole:
             out = _merge(out, lse, o2[0], l2[0])
         else:
@@ -296,23 +302,26 @@ _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 
 
 def _partial_attention(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor | None,
-                       bias: torch.Tensor | None = None):  # noqa: ANN202
+                       bias: torch.Tensor | None = None, transposed: bool = False):  # noqa: ANN202
     """q (N, KVH, M, D) over keys/values (N or 1, S, KVH, D), ``valid`` (N, S) or None, float32.
-    ``bias``: ``_key_bias(valid, float32)`` if the caller has it already.
+    ``bias``: ``_key_bias(valid, float32)`` if the caller has it already; ``transposed``: keys/values
+    come as (N or 1, KVH, S, D).
 
     Returns the softmax-weighted values (N, KVH, M, D) and the log-sum-exp of the scaled scores
     (N, KVH, M): one partial of a cascade, to be merged with ``_merge``.
     """
     D = q.shape[-1]
+    if not transposed:
+        keys, vals = keys.transpose(1, 2), vals.transpose(1, 2)
     if _FLASH_CPU is not None and q.device.type == "cpu":
-        k, v = (x.expand(q.shape[0], -1, -1, -1).transpose(1, 2) for x in (keys, vals))  # (N, KVH, S, D)
+        k, v = (x.expand(q.shape[0], -1, -1, -1) for x in (keys, vals))  # (N, KVH, S, D)
         if bias is None:
             bias = _key_bias(valid, q.dtype)
-        return _FLASH_CPU(q, k, v, attn_mask=bias, scale=D**-0.5)
-    s = torch.einsum("nkmd,nskd->nkms", q * D**-0.5, keys)
+        return _FLASH_CPU(q, k, v, attn_mask=bias, scale=D**-0.5)[:2]
+    s = torch.einsum("nkmd,nksd->nkms", q * D**-0.5, keys)
     if valid is not None:
         s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
-    return _partial(s, vals, "nkms,nskd->nkmd")
+    return _partial(s, vals, "nkms,nksd->nkmd")
 
 
 def _key_bias(valid: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -51,9 +51,17 @@ class PackedLinear:
         with torch.no_grad():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, PACK_ROWS)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def refresh(self) -> None:
+        """Pack again if a source changed since the last packing."""
         if self._stamp() != self.stamp:
             self._pack()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.refresh()
+        return self.run(x)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """The GEMM without the staleness check (a caller that checked ``refresh`` once for many calls)."""
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 

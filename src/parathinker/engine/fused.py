@@ -66,31 +66,50 @@ class FusedDecoder:
         self.pack_problem = packing_problem(everything) if pack else None  # why asked but not packed
         self.packed = pack and self.pack_problem is None
         make = PackedLinear if self.packed else dense
-        self.linears: list[tuple[Linear, ...]] = [tuple(make(*g) for g in layer) for layer in gemms]
+        built = [tuple(make(*g) for g in layer) for layer in gemms]
         self.head = make(*head)
+        # the step checks the packed copies for staleness once (``_refresh``), then calls them unchecked
+        self._packed = [lin for layer in built for lin in layer if isinstance(lin, PackedLinear)]
+        self._versioned = [t for lin in self._packed for t in lin.sources if not t.is_inference()]
+        self._stamp = self._versions()
+        self.linears: list[tuple[Linear, ...]] = [
+            tuple(lin.run if isinstance(lin, PackedLinear) else lin for lin in layer) for layer in built]
+        # what each layer reads besides its GEMMs, looked up once (module attribute access costs per step)
+        self.layers = [(n1.weight, n1.eps, n2.weight, n2.eps, a.seg_embeddings.weight if a.seg_embeddings is not None else None)
+                       for n1, n2, a in ((x.input_layernorm, x.post_attention_layernorm, x.self_attn)
+                                         for x in model.model.layers)]
         if self.pack_problem:
             log.info("decode GEMMs stay unpacked: %s", self.pack_problem)
+
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(t._version for t in self._versioned)
+
+    def _refresh(self) -> None:
+        """Re-pack the GEMMs whose source parameters were edited in place since they were packed."""
+        stamp = self._versions()
+        if stamp != self._stamp:
+            for lin in self._packed:
+                lin.refresh()
+            self._stamp = stamp
 
     @torch.inference_mode()
     def hidden(self, ids: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor, attn: DecodeAttention) -> torch.Tensor:
         """Final normed hidden states (B, D) of one token per row; ids/pos/seg (B,) or (B, 1)."""
         m, tri, kernels = self.model.model, self.use_triton, self.k
+        if self._packed:
+            self._refresh()
         x = m.embed_tokens(ids.reshape(-1))
         tables = kernels.rope_tables(pos, self.inv_freq, self.scaling)  # once per step, for every layer
+        rotation = None if tri else kernels.rope_rotation(tables, x.dtype)
         residual = None
-        for i, layer in enumerate(m.layers):
-            a = layer.self_attn
-            h, residual = kernels.add_rmsnorm(x, residual, layer.input_layernorm.weight,
-                                              layer.input_layernorm.eps, tri)
+        for i, (in_w, in_eps, post_w, post_eps, seg_table) in enumerate(self.layers):
+            h, residual = kernels.add_rmsnorm(x, residual, in_w, in_eps, tri)
             qkv_proj, o_proj, gate_up_proj, down_proj = self.linears[i]
-            qkv = qkv_proj(h)
-            seg_table = a.seg_embeddings.weight if a.seg_embeddings is not None else None
-            q = kernels.rope_write(qkv, seg, seg_table, attn.cache[i], attn.slot_mapping, self.heads, self.kv_heads,
-                                   tables, tri)
+            q = kernels.rope_write(qkv_proj(h), seg, seg_table, attn.cache[i], attn.slot_mapping, self.heads,
+                                   self.kv_heads, tables, tri, rotation)
             o = attn.attend(i, q)  # (B, H, hd)
             x = o_proj(o.reshape(o.shape[0], -1))
-            h, residual = kernels.add_rmsnorm(x, residual, layer.post_attention_layernorm.weight,
-                                              layer.post_attention_layernorm.eps, tri)
+            h, residual = kernels.add_rmsnorm(x, residual, post_w, post_eps, tri)
             x = down_proj(kernels.silu_mul(gate_up_proj(h), tri))
         h, _ = kernels.add_rmsnorm(x, residual, m.norm.weight, m.norm.eps, tri)
         return h

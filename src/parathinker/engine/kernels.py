@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..model.model import _rotate_half
 from .attention import write_kv
 
 try:
@@ -37,27 +36,42 @@ def add_rmsnorm_torch(x: torch.Tensor, residual: torch.Tensor | None, weight: to
                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(RMSNorm(x + residual) * weight, x + residual); x (B, D). Same rounding as the modular model."""
     r = x if residual is None else x + residual
+    if r.dtype == torch.float32 and weight.dtype == torch.float32:  # one op; the same bits as below in float32
+        return F.rms_norm(r, r.shape[-1:], weight, eps), r
     rf = r.float()
     y = (rf * torch.rsqrt(rf.pow(2).mean(-1, keepdim=True) + eps)).to(r.dtype)
     return weight * y, r
 
 
+def rope_rotation(tables: tuple[torch.Tensor, torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rope_tables`` (B, hd/2) -> the twin's full-width (cos | cos, -sin | sin), (B, 1, hd) in ``dtype``.
+
+    RoPE of x = (x1 | x2) is x * (cos | cos) + (x2 | x1) * (-sin | sin): the model's
+    ``x * cos + rotate_half(x) * sin`` with the same products and sums, so the same bits.
+    """
+    cos, sin = tables
+    return torch.cat((cos, cos), dim=-1)[:, None].to(dtype), torch.cat((-sin, sin), dim=-1)[:, None].to(dtype)
+
+
 def rope_write_torch(qkv: torch.Tensor, seg: torch.Tensor, seg_table: torch.Tensor | None, kv: torch.Tensor,
-                     slots: torch.Tensor, heads: int, kv_heads: int,
-                     tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """q (B, H, hd) after RoPE; k' = RoPE(k + T[seg]) and v' = v + T[seg] stored at ``slots`` of ``kv``."""
-    B = qkv.shape[0]
-    hd = kv.shape[-1]
-    q, k, v = qkv.split([heads * hd, kv_heads * hd, kv_heads * hd], dim=-1)
-    q, k, v = q.view(B, heads, hd), k.view(B, kv_heads, hd), v.view(B, kv_heads, hd)
+                     slots: torch.Tensor, heads: int, kv_heads: int, tables: tuple[torch.Tensor, torch.Tensor],
+                     rotation: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """q (B, H, hd) after RoPE; k' = RoPE(k + T[seg]) and v' = v + T[seg] stored at ``slots`` of ``kv``.
+
+    Works in ``qkv``'s buffer: its k and v parts get the thought embedding in place (the fused step's
+    projection output, used once). q and k are rotated in one pass; ``rotation``: ``rope_rotation(tables)``
+    when the caller made it once for every layer.
+    """
+    B, hd = qkv.shape[0], kv.shape[-1]
+    n = heads + kv_heads  # the heads RoPE turns: q's and k's
+    x = qkv.reshape(B, n + kv_heads, hd)
     if seg_table is not None:
-        t = F.embedding(seg.reshape(-1).long(), seg_table)[:, None, :].to(k.dtype)
-        k, v = k + t, v + t
-    cos, sin = (torch.cat((x, x), dim=-1)[:, None, :].to(q.dtype) for x in tables)  # as the model's Rotary
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
-    write_kv(kv, slots.reshape(-1).long(), k, v)
-    return q
+        x[:, heads:] += F.embedding(seg.reshape(-1).long(), seg_table)[:, None, :].to(x.dtype)
+    cos, sin = rotation if rotation is not None else rope_rotation(tables, x.dtype)
+    qk = x[:, :n]
+    qk = qk * cos + qk.unflatten(-1, (2, hd // 2)).flip(-2).flatten(-2) * sin
+    write_kv(kv, slots.reshape(-1).long(), qk[:, heads:], x[:, n:])
+    return qk[:, :heads]
 
 
 def silu_mul_torch(gate_up: torch.Tensor) -> torch.Tensor:
@@ -190,14 +204,15 @@ def rope_tables(pos: torch.Tensor, inv_freq: torch.Tensor, scaling: float) -> tu
 
 def rope_write(qkv: torch.Tensor, seg: torch.Tensor, seg_table: torch.Tensor | None, kv: torch.Tensor,
                slots: torch.Tensor, heads: int, kv_heads: int, tables: tuple[torch.Tensor, torch.Tensor],
-               use_triton: bool) -> torch.Tensor:
+               use_triton: bool, rotation: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """RoPE + thought embeddings + K/V store of one decode token per row; returns q (B, H, hd).
 
     ``qkv`` (B, (H + 2 KVH) hd) from the fused projection; ``seg``/``slots`` (B,) or (B, 1); ``kv`` one
-    layer's pool (2, slots, KVH, hd); ``tables``: ``rope_tables`` of the rows' positions (made once per step).
+    layer's pool (2, slots, KVH, hd); ``tables``: ``rope_tables`` of the rows' positions (made once per step);
+    ``rotation``: the torch twin's ``rope_rotation(tables)``, also once per step (Triton reads ``tables``).
     """
     if not use_triton:
-        return rope_write_torch(qkv, seg, seg_table, kv, slots, heads, kv_heads, tables)
+        return rope_write_torch(qkv, seg, seg_table, kv, slots, heads, kv_heads, tables, rotation)
     B = qkv.shape[0]
     hd = kv.shape[-1]
     cos, sin = tables

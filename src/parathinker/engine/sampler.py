@@ -116,15 +116,16 @@ def resample_exact(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
 
 
 def _banned(logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
-    """Float copy of ``logits`` with each row's banned ids at -inf."""
+    """``logits`` as float32, with each row's banned ids at -inf (in a copy: the caller's logits stay as they are)."""
     dev = logits.device
-    logits = logits.float().clone()
     lens = [r.banned.numel() for r in rows]
+    out = logits.float()
     if any(lens):
+        out = out.clone() if out is logits else out
         ban_rows = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lens))
         ban_cols = torch.cat([r.banned for r in rows])
-        logits[ban_rows.to(dev, non_blocking=True), ban_cols.to(dev, non_blocking=True)] = float("-inf")
-    return logits
+        out[ban_rows.to(dev, non_blocking=True), ban_cols.to(dev, non_blocking=True)] = float("-inf")
+    return out
 
 
 def _generator_groups(rows: list[Row]) -> list[tuple[int, int]]:
