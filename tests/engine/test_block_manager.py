@@ -67,3 +67,21 @@ def test_shrink_gives_the_slots_back_to_the_next_extend():
     assert pool.extend(run, 2, 1) == first[3:]
     with pytest.raises(ValueError, match="cannot drop 6 tokens of a run of 5"):
         pool.shrink(run, 6)
+
+
+def test_take_block_hands_out_consecutive_pages_from_the_reservation():
+    pool = PagePool(12, 4)
+    pool.admit(0, 9)
+    scattered = [pool.new_run() for _ in range(3)]
+    for r in scattered:
+        pool.extend(r, 4, 0)  # pages 1, 2, 3
+    pool.release(scattered[1])  # page 2 free again: 2, 4..11 free
+    block = pool.take_block(5, 0)
+    assert block == [4, 5, 6, 7, 8]  # the lowest 5 in a row (not 2, 4, 5, ...)
+    assert pool.take_block(2, 0) is None  # only 1 page of the reservation left
+    run = pool.new_run(block[:2])
+    assert pool.extend(run, 6, 0) == [16, 17, 18, 19, 20, 21] and run.pages == [4, 5]
+    pool.release(run)
+    assert sorted(pool._free) == [2, 4, 5, 9, 10, 11] and pool.num_unreserved == 6 - 1
+    pool.admit(1, 3)
+    assert pool.take_block(3, 1) == [9, 10, 11] and pool.take_block(1, 1) is None

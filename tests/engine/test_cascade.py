@@ -96,6 +96,63 @@ def test_cascade_reads_pages_with_a_gap(shared, grouping):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("pool_end", [False, True])
+def test_cascade_reads_side_by_side_blocks_in_place(pool_end, grouping):
+    """Rows whose own pages are side-by-side blocks (``PagePool.take_block``) are read as one strided view,
+    shorter rows masked; equal to the reference. When the view would run past the pool (the last row shorter
+    and its block at the pool's end), the rows are gathered instead."""
+    import torch
+
+    from parathinker.engine.attention import PagedReference, build_metadata
+    from parathinker.engine.block_manager import Run
+    from parathinker.engine.runner import Chunk
+
+    g = torch.Generator().manual_seed(1)
+    lens = [9, 5, 7] if not pool_end else [9, 7, 5]
+    slots = 4 * (10 + 3 * 2) + (5 if pool_end else 12)  # the pool ends right after the last row's slots, or its block
+    cache = torch.randn(1, 2, slots, 2, 8, generator=g)
+    prompt = Run(4, pages=[1, 2], length=8, slot_list=list(range(4, 12)))
+    own = []
+    for b, n in enumerate(lens):
+        r = Run(4, pages=[10 + 3 * b, 11 + 3 * b, 12 + 3 * b])
+        r.slot_list, r.length = [r.slot(i) for i in range(n)], n
+        own.append(r)
+    chunks = [Chunk([5], [8 + n], [b + 1], [o.slot_list[-1]], [prompt, o], shared_prefix=True)
+              for b, (o, n) in enumerate(zip(own, lens))]
+    B = len(chunks)
+    q, k, v = torch.randn(B, 1, 4, 8, generator=g), torch.randn(B, 1, 2, 8, generator=g), torch.randn(B, 1, 2, 8, generator=g)
+    att = PagedCascade.for_chunks(cache.clone(), chunks, torch.device("cpu"))
+    if grouping == "grouped":  # else the short prompt is read per row, in the private part: gathered
+        assert (att.own is None) == pool_end
+    got = att(0, q, k, v)
+    meta = build_metadata([c.new_slots for c in chunks], [prompt.slot_list + o.slot_list for o in own], [None] * B,
+                          torch.device("cpu"))
+    want = PagedReference(cache.clone(), meta)(0, q, k, v)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["majority", "parathinker"])
+def test_engine_lays_paths_side_by_side_on_the_cpu(tiny_llama, mode, monkeypatch, grouping):
+    """The CPU engine gives a request's paths one block of pages each, side by side: its decode steps read
+    the paths' own K/V in place (and generate what the reference backend does, test above)."""
+    if grouping != "grouped":
+        pytest.skip("this prompt is too short to be read as a group: its keys are gathered per row")
+    cas = LLM(tiny_llama, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
+    strided: list[bool] = []
+    make = PagedCascade.for_chunks.__func__
+
+    def spy(cls, cache, chunks, device):  # noqa: ANN001, ANN202
+        att = make(cls, cache, chunks, device)
+        if len(chunks) > 1:
+            strided.append(att.own is not None)
+        return att
+
+    monkeypatch.setattr(PagedCascade, "for_chunks", classmethod(spy))
+    pp = ParallelParams(mode=mode, num_paths=3, max_path_tokens=10, summary_max_tokens=4)
+    cas.generate(["two plus three ?"], pp, SamplingParams(temperature=0.0, ignore_eos=True))
+    assert strided and all(strided)
+
+
 @pytest.mark.parametrize("attention", ["cascade", pytest.param("triton", marks=pytest.mark.slow)])  # triton: ~1 min
 def test_decode_backends_equal_reference_after_page_churn(tiny_qwen2, attention):
     """Many requests of mixed modes and lengths through a small pool: pages are freed and handed out again

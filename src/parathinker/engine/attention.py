@@ -180,6 +180,28 @@ CASCADE_MIN_GROUP_KEYS = 100
 CASCADE_MIN_SAVED_KEYS = 512
 
 
+@dataclass(frozen=True)
+class Strided:
+    """Rows' private keys read in place: row b's are the ``width`` slots from ``start + b * stride``
+    (one row: its consecutive slots; a request's paths: side-by-side page blocks, ``PagePool.take_block``)."""
+
+    start: int
+    stride: int
+    width: int
+
+
+def _strided(per_row: list[list[int]], num_slots: int) -> Strided | None:
+    """The rows' slots as one ``Strided`` view of a pool of ``num_slots``, if each row's are consecutive and
+    the rows' starts are evenly spaced (a shorter row's view runs past its slots, masked, inside the pool)."""
+    if not all(_consecutive(r) for r in per_row):
+        return None
+    starts, width = [r[0] for r in per_row], max(len(r) for r in per_row)
+    stride = starts[1] - starts[0] if len(starts) > 1 else width
+    if stride < width or starts[-1] + width > num_slots or any(b - a != stride for a, b in zip(starts, starts[1:])):
+        return None
+    return Strided(starts[0], stride, width)
+
+
 class PagedCascade:
     """Decode steps (one new token per row) in plain torch, reading a shared prompt once per request.
 
@@ -202,12 +224,18 @@ class PagedCascade:
         # (keys: a slice of the pool or (NG, S) slots, valid (NG, S) or None, rows (NG, Q), row_valid (NG, Q))
         self.groups = groups
         self.whole = whole  # one group of every row, in order (one request's paths)
-        self.private = private  # (slots (B, W) or a slice, valid (B, W) or None)
+        self.private = private  # (slots (B, W) or ``Strided``, valid (B, W) or None)
         # what every layer of the step shares, made once per step: key-padding biases (float32 for the
         # cascade's partials), group rows, and views of every layer's keys/values read in place
         slots = private[0]
-        self.own = cache[:, :, slots][:, :, None] if isinstance(slots, slice) else None  # (L, 2, 1, W, KVH, hd)
-        self.own_slots = None if isinstance(slots, slice) else slots.reshape(-1)
+        self.own, self.own_slots = None, None
+        if isinstance(slots, Strided):  # (L, 2, B, W, KVH, hd), a view: no copy
+            st, B = cache.stride(), slot_mapping.shape[0]
+            self.own = cache.as_strided((*cache.shape[:2], B, slots.width, *cache.shape[3:]),
+                                        (st[0], st[1], slots.stride * st[2], *st[2:]),
+                                        cache.storage_offset() + slots.start * st[2])
+        else:
+            self.own_slots = slots.reshape(-1)
         if groups is None:
             self.bias = _key_bias(private[1], cache.dtype)
             return
@@ -245,8 +273,11 @@ class PagedCascade:
             groups = (keys, valid, rows.to(device), row_valid.to(device))
         for run, r in plan.single:
             per_row[r].extend(run.slot_list)
-        if len(per_row) == 1 and _consecutive(per_row[0]):
-            private: tuple = (slice(per_row[0][0], per_row[0][-1] + 1), None)  # one row, consecutive slots
+        lens = [len(r) for r in per_row]
+        strided = _strided(per_row, cache.shape[2])
+        if strided is not None:  # read in place; rows shorter than the widest are padded by key masking
+            valid = None if min(lens) == strided.width else torch.arange(strided.width)[None, :] < torch.tensor(lens)[:, None]
+            private: tuple = (strided, None if valid is None else valid.to(device))
         else:
             slots, valid = _padded(per_row)
             private = (slots.to(device), None if bool(valid.all()) else valid.to(device))
@@ -263,8 +294,8 @@ class PagedCascade:
         B, H, D = q.shape
         KVH = self.cache.shape[3]
         G = H // KVH
-        if self.own is not None:  # one row, consecutive slots: in place
-            keys, vals = self.own[layer]  # (1, W, KVH, D)
+        if self.own is not None:  # in place (``Strided``)
+            keys, vals = self.own[layer]  # (B, W, KVH, D)
         else:  # both halves in one gather: (2, B, W, KVH, D)
             keys, vals = self.cache[layer].index_select(1, self.own_slots).view(2, B, -1, KVH, D)
         if self.groups is None:  # nothing shared: one fused attention call

@@ -95,8 +95,30 @@ class PagePool:
         self._reserved.pop(request_id, None)
 
     # -- runs ---------------------------------------------------------------------------
-    def new_run(self) -> Run:
-        return Run(self.page_size)
+    def new_run(self, pages: list[int] | None = None) -> Run:
+        """An empty run; ``pages``: pages it fills first (from ``take_block``), before asking the pool for more."""
+        return Run(self.page_size, list(pages or ()))
+
+    def take_block(self, n: int, request_id: int) -> list[int] | None:
+        """``n`` consecutive free pages (the lowest such) out of the request's reservation; None if no ``n``
+        free pages lie in a row (the caller then lets its runs take pages one by one).
+
+        A request's paths filled from one block each, the blocks side by side, keep every path's K/V in
+        consecutive slots at a fixed stride: CPU attention reads them in place instead of gathering them.
+        """
+        if n <= 0 or self._reserved.get(request_id, 0) < n:
+            return None
+        start, count, prev = -1, 0, -2
+        for p in sorted(self._free):
+            start, count = (start, count + 1) if p == prev + 1 else (p, 1)
+            prev = p
+            if count == n:
+                break
+        else:
+            return None
+        self._free = [p for p in self._free if not start <= p < start + n]
+        self._reserved[request_id] -= n
+        return list(range(start, start + n))
 
     def extend(self, run: Run, n: int, request_id: int) -> list[int]:
         """Append ``n`` tokens to ``run`` (allocating pages from the request's reservation); return their slots."""

@@ -53,6 +53,8 @@ class Engine:
         self.eos_ids = tuple(eos_ids)
         self.runner = ModelRunner(model, cache)
         self.pool = PagePool(self.runner.kv.num_pages, cache.page_size)
+        # paths' own K/V in side-by-side blocks where the decode attention reads them in place (the CPU cascade)
+        self.contiguous_paths = self.runner.decode_backend == "cascade"
         self._next_id = 0
         self._empty = torch.empty(0, dtype=torch.long)
         self._banned_plain = torch.tensor(control.all_ids if control else (), dtype=torch.long)
@@ -90,13 +92,12 @@ class Engine:
         ctx = self.model.config.max_position_embeddings
         if ctx <= L:
             raise PromptTooLongError(f"the prompt has {L} tokens; the model's context is {ctx}")
+        pages = self.pool.pages_for(L) + self._paths(spec) * self._path_pages(spec)
         if pp.mode in ("sequential", "majority"):
             last = L + budget
-            pages = self.pool.pages_for(L) + pp.paths_per_request * self.pool.pages_for(budget)
         else:
             paths_span = (budget + 2) * (pp.num_paths if pp.flat_positions else 1)
             last = L + paths_span + summary_len
-            pages = self.pool.pages_for(L) + pp.num_paths * self.pool.pages_for(budget + 2)
             pages += self.pool.pages_for(summary_len)
             if pp.mode == "reprefill":
                 pages += self.pool.pages_for(L + pp.num_paths * (budget + 2) + summary_len)
@@ -250,6 +251,24 @@ class Engine:
         self.pool.shrink(s.own, 1)
         s.req.stats[self._stat_key(s)] -= 1
 
+    @staticmethod
+    def _paths(spec: RequestSpec) -> int:
+        """Sequences a request decodes after its prompt: its samples or its parallel paths."""
+        pp = spec.parallel
+        return pp.paths_per_request if pp.mode in ("sequential", "majority") else pp.num_paths
+
+    def _path_pages(self, spec: RequestSpec) -> int:
+        """Pages reserved for each of those sequences' own K/V (a path adds its <think i> and </think i>)."""
+        extra = 0 if spec.parallel.mode in ("sequential", "majority") else 2
+        return self.pool.pages_for(spec.path_budget + extra)
+
+    def _path_blocks(self, req: Request) -> list[list[int] | None]:
+        """Pages for each path's own run: on the CPU, side-by-side blocks from one run of free pages when
+        there is one (the cascade then reads the paths' K/V in place, ``PagedCascade``); else pages as needed."""
+        n, k = self._paths(req.spec), self._path_pages(req.spec)
+        block = self.pool.take_block(n * k, req.id) if self.contiguous_paths and n > 1 else None
+        return [block[i * k : (i + 1) * k] if block else None for i in range(n)]
+
     # ---------------------------------------------------------------- phases
     def _prefill(self, reqs: list[Request]) -> None:
         """Prefill the prompts of newly admitted requests (batched: ``runner.prefill``), then start their paths."""
@@ -270,17 +289,19 @@ class Engine:
         """The request's paths (or samples) after its prompt; ``logits`` (1, V) of the prompt's last token."""
         req.phase = "paths"
         pp = req.pp
+        blocks = self._path_blocks(req)
         if pp.mode in ("sequential", "majority"):
             ends = frozenset() if req.spec.sampling.ignore_eos else frozenset(self.eos_ids)
             for k in range(pp.paths_per_request):
-                req.seqs.append(self._new_seq(req, "sample", k + 1, k, self._banned_plain, ends))
+                req.seqs.append(self._new_seq(req, "sample", k + 1, k, self._banned_plain, ends, blocks[k]))
             self._consume(req.seqs, logits.expand(len(req.seqs), -1))
             return
         c = self.control
         assert c is not None
         for k in range(pp.num_paths):
             i = k + 1
-            s = self._new_seq(req, "path", i, k, torch.tensor(c.banned_in_path(i)), frozenset(c.path_end_ids(i)))
+            s = self._new_seq(req, "path", i, k, torch.tensor(c.banned_in_path(i)), frozenset(c.path_end_ids(i)),
+                              blocks[k])
             s.segment = req.layout.segment(i)
             s.pending = [c.think_open[i - 1]]
             if req.spec.forced_paths is not None:
@@ -291,9 +312,10 @@ class Engine:
                     s.body, s.logprobs = list(body), [float("nan")] * len(body)
             req.seqs.append(s)
 
-    def _new_seq(self, req: Request, kind, index: int, order: int, banned, end_ids) -> Seq:  # noqa: ANN001
+    def _new_seq(self, req: Request, kind, index: int, order: int, banned, end_ids,  # noqa: ANN001
+                 pages: list[int] | None = None) -> Seq:
         assert req.prompt_run is not None
-        own = self.pool.new_run()
+        own = self.pool.new_run(pages)
         reads = [self.pool.share(req.prompt_run), own]
         return Seq(req, kind, index, order, reads, own, 0, banned, end_ids, req.spec.path_budget)
 
