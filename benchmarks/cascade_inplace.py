@@ -1,0 +1,86 @@
+"""CPU cascade attention: paths' own K/V read in place (side-by-side page blocks) vs gathered (pages interleaved).
+
+The engine on the CPU gives a request's paths one block of pages each, side by side
+(``PagePool.take_block``), so ``PagedCascade`` reads every path's own keys through one strided view.
+Pages handed out one by one as the paths grow in lockstep interleave them instead, and each layer of
+each step then gathers them (``index_select``). This times one layer's ``attend`` for 8 paths sharing a
+99-token prompt, each with ``W`` own tokens, both layouts on the same pool in one process, with the
+caches flushed before every call (in a real step the layer's weights have just streamed through them).
+
+    python benchmarks/cascade_inplace.py --own 128,1024,4096 --out runs/cascade_inplace.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from parathinker.engine.attention import PagedCascade
+from parathinker.engine.block_manager import Run
+from parathinker.engine.runner import Chunk
+
+PAGE, KVH, HEADS, DIM, PROMPT = 16, 3, 9, 64, 99  # SmolLM2-135M's attention shape
+
+
+def layer_step(att: PagedCascade, q: torch.Tensor, flush: torch.Tensor, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        flush.mul_(1.0)  # evict the pool from the caches
+        t = time.perf_counter()
+        att.attend(0, q)
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--own", default="128,1024,4096", help="own tokens per path (comma list)")
+    ap.add_argument("--paths", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="write the table as JSON here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    B, flush = args.paths, torch.zeros(16 * 2**20)  # 64 MiB
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    print(f"{B} paths, {PROMPT}-token shared prompt, one layer's attend, caches flushed, {args.threads} thread(s)")
+    print(f"{'own tokens':>10} {'in place ms':>12} {'gathered ms':>12} {'speed-up':>9}")
+    for W in (int(x) for x in args.own.split(",")):
+        k, base = -(-W // PAGE), 1 + -(-PROMPT // PAGE)
+        cache = torch.randn(1, 2, (base + B * k) * PAGE, KVH, DIM, generator=g)
+        prompt = Run(PAGE, pages=list(range(1, base)), length=PROMPT, slot_list=list(range(PAGE, PAGE + PROMPT)))
+        q = torch.randn(B, HEADS, DIM, generator=g)
+        got, placed = {}, None
+        for layout in ("blocks", "interleaved"):
+            own = []
+            for b in range(B):
+                pages = [base + (b * k + j if layout == "blocks" else j * B + b) for j in range(k)]
+                run = Run(PAGE, pages=pages, length=W)
+                run.slot_list = [run.slot(i) for i in range(W)]
+                own.append(run)
+            slots = torch.tensor([s for o in own for s in o.slot_list])
+            if placed is None:
+                placed = cache[:, :, slots].clone()
+            else:  # the same keys and values per path, in the other layout's slots
+                cache[:, :, slots] = placed
+            chunks = [Chunk([5], [PROMPT + W], [b + 1], [o.slot_list[-1]], [prompt, o], shared_prefix=True)
+                      for b, o in enumerate(own)]
+            att = PagedCascade.for_chunks(cache, chunks, torch.device("cpu"))
+            assert (att.own is not None) == (layout == "blocks"), "the layout did not take the intended path"
+            got[layout] = (layer_step(att, q, flush, args.repeats), att.attend(0, q))
+        (a, out_a), (b, out_b) = got["blocks"], got["interleaved"]
+        assert torch.equal(out_a, out_b), "the two layouts disagree"
+        rows.append(dict(own_tokens=W, paths=B, in_place_ms=a, gathered_ms=b, speedup=b / a))
+        print(f"{W:>10} {a:>12.2f} {b:>12.2f} {b / a:>8.2f}x", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
