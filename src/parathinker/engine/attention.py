@@ -299,6 +299,10 @@ class PagedCascade:
         else:  # both halves in one gather: (2, B, W, KVH, D)
             keys, vals = self.cache[layer].index_select(1, self.own_slots).view(2, B, -1, KVH, D)
         if self.groups is None:  # nothing shared: one fused attention call
+            if _FLASH_CPU is not None and q.device.type == "cpu":  # a KV head's G query heads as G query rows
+                out = _FLASH_CPU(q.view(B, KVH, G, D), keys.transpose(1, 2), vals.transpose(1, 2), attn_mask=self.bias,
+                                 scale=D**-0.5)[0]
+                return out.reshape(B, H, D)
             return sdpa(q[:, None], keys, vals, self.bias)[:, 0]
         f32 = torch.float32
         qf = q.view(B, KVH, G, D).to(f32)
