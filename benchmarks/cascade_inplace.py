@@ -7,6 +7,10 @@ each step then gathers them (``index_select``). This times one layer's ``attend`
 99-token prompt, each with ``W`` own tokens, both layouts on the same pool in one process, with the
 caches flushed before every call (in a real step the layer's weights have just streamed through them).
 
+A second table times the summary's row (one row over the prompt, every path's block and its own
+tokens), read run by run in place (``RunsInPlace``) vs gathered, by path length: where
+``IN_PLACE_MIN_KEYS`` switches.
+
     python benchmarks/cascade_inplace.py --own 128,1024,4096 --out runs/cascade_inplace.json
 """
 
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from parathinker.engine import attention
 from parathinker.engine.attention import PagedCascade
 from parathinker.engine.block_manager import Run
 from parathinker.engine.runner import Chunk
@@ -43,9 +48,12 @@ def main() -> None:
     ap.add_argument("--paths", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=25)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None, help="write the table as JSON here")
+    ap.add_argument("--summary-fill", type=float, default=0.75,
+                    help="summary table: the share of their blocks the paths filled (the rest masked)")
+    ap.add_argument("--out", default=None, help="write the tables as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    threshold = attention.IN_PLACE_MIN_KEYS
     B, flush = args.paths, torch.zeros(16 * 2**20)  # 64 MiB
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -78,8 +86,38 @@ def main() -> None:
         assert torch.equal(out_a, out_b), "the two layouts disagree"
         rows.append(dict(own_tokens=W, paths=B, in_place_ms=a, gathered_ms=b, speedup=b / a))
         print(f"{W:>10} {a:>12.2f} {b:>12.2f} {b / a:>8.2f}x", flush=True)
+    print(f"\nthe summary: one row over the prompt, the {B} paths ({args.summary_fill:.0%} of their blocks filled) and "
+          "8 tokens of its own")
+    print(f"{'path tokens':>11} {'keys':>6} {'in place ms':>12} {'gathered ms':>12} {'speed-up':>9}  IN_PLACE_MIN_KEYS")
+    summary = []
+    for W in (int(x) for x in args.own.split(",")):
+        k, base = -(-W // PAGE), 1 + -(-PROMPT // PAGE)
+        cache = torch.randn(1, 2, (base + B * k + 1) * PAGE, KVH, DIM, generator=g)
+        prompt = Run(PAGE, pages=list(range(1, base)), length=PROMPT, slot_list=list(range(PAGE, PAGE + PROMPT)))
+        paths = []
+        for b in range(B):
+            run = Run(PAGE, pages=[base + b * k + j for j in range(k)], length=max(1, int(args.summary_fill * W)))
+            run.slot_list = [run.slot(i) for i in range(run.length)]
+            paths.append(run)
+        end = (base + B * k) * PAGE
+        own = Run(PAGE, pages=[base + B * k], length=8, slot_list=list(range(end, end + 8)))
+        chunk = Chunk([5], [PROMPT + W + 8], [0], [end + 7], [prompt, *paths, own])
+        q = torch.randn(1, HEADS, DIM, generator=g)
+        keys = sum(r.length for r in (prompt, *paths, own))
+        got = {}
+        for in_place in (True, False):
+            attention.IN_PLACE_MIN_KEYS = 0 if in_place else 2**62
+            att = PagedCascade.for_chunks(cache, [chunk], torch.device("cpu"))
+            assert isinstance(att, attention.RunsInPlace) == in_place
+            got[in_place] = (layer_step(att, q, flush, args.repeats), att.attend(0, q))
+        attention.IN_PLACE_MIN_KEYS = threshold
+        (a, out_a), (b, out_b) = got[True], got[False]
+        torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)  # parts merged vs one softmax: rounding only
+        picks = "in place" if keys >= threshold else "gathered"
+        summary.append(dict(path_tokens=W, keys=keys, in_place_ms=a, gathered_ms=b, speedup=b / a, rule_picks=picks))
+        print(f"{W:>11} {keys:>6} {a:>12.2f} {b:>12.2f} {b / a:>8.2f}x  {threshold}: {picks}", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2))
+        Path(args.out).write_text(json.dumps(dict(paths=rows, summary=summary), indent=2))
 
 
 if __name__ == "__main__":

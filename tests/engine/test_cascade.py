@@ -131,6 +131,65 @@ def test_cascade_reads_side_by_side_blocks_in_place(pool_end, grouping):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("equal_paths", [True, False])
+def test_lone_row_reads_its_runs_in_place(equal_paths, monkeypatch):
+    """A summary's row over its prompt, three paths in side-by-side blocks (equal or unequal lengths: the
+    shorter ones masked) and its own tokens reads each in place (``RunsInPlace``); equal to the reference.
+    Paths that are not side by side are gathered (``PagedCascade``)."""
+    import torch
+
+    from parathinker.engine import attention
+    from parathinker.engine.attention import PagedReference, RunsInPlace, build_metadata
+    from parathinker.engine.block_manager import Run
+    from parathinker.engine.runner import Chunk
+
+    monkeypatch.setattr(attention, "IN_PLACE_MIN_KEYS", 0)
+    g = torch.Generator().manual_seed(3)
+    cache = torch.randn(2, 2, 4 * 12, 2, 8, generator=g)
+    prompt = Run(4, pages=[1, 2], length=7, slot_list=list(range(4, 11)))
+
+    def runs(pages_of):  # noqa: ANN001, ANN202
+        out = []
+        for b, n in enumerate([6, 6, 6] if equal_paths else [6, 3, 5]):
+            r = Run(4, pages=pages_of(b))
+            r.slot_list, r.length = [r.slot(i) for i in range(n)], n
+            out.append(r)
+        return out
+
+    own = Run(4, pages=[9], length=3, slot_list=[36, 37, 38])
+    q, k, v = torch.randn(1, 1, 4, 8, generator=g), torch.randn(1, 1, 2, 8, generator=g), torch.randn(1, 1, 2, 8, generator=g)
+    for pages_of, kind in ((lambda b: [3 + 2 * b, 4 + 2 * b], RunsInPlace), (lambda b: [3 + b, 6 + b], PagedCascade)):
+        reads = [prompt, *runs(pages_of), own]
+        att = PagedCascade.for_chunks(cache.clone(), [Chunk([5], [20], [0], [38], reads)], torch.device("cpu"))
+        assert type(att) is kind
+        keys = [s for r in reads for s in r.slot_list]
+        want = PagedReference(cache.clone(), build_metadata([[38]], [keys], [None], torch.device("cpu")))(1, q, k, v)
+        torch.testing.assert_close(att(1, q, k, v), want, rtol=1e-5, atol=1e-5)
+
+
+def test_summary_in_place_generates_what_the_reference_does(tiny_llama, monkeypatch):
+    """ParaThinker generation whose summary steps read the paths in place (threshold 0) = the reference backend."""
+    from parathinker.engine import attention
+
+    monkeypatch.setattr(attention, "IN_PLACE_MIN_KEYS", 0)
+    used = []
+    make = attention.RunsInPlace.__init__
+
+    def spy(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        used.append(True)
+        make(self, *a, **kw)
+
+    monkeypatch.setattr(attention.RunsInPlace, "__init__", spy)
+    cas, ref = _pair(tiny_llama)
+    pp = ParallelParams(mode="parathinker", num_paths=3, max_path_tokens=12, summary_max_tokens=6)
+    sp = SamplingParams(temperature=0.0, ignore_eos=True)
+    (a,), (b,) = cas.generate(["what is two plus three ?"], pp, sp, raw=True), ref.generate(["what is two plus three ?"], pp, sp, raw=True)
+    assert used
+    assert [p.token_ids for p in a.paths] == [p.token_ids for p in b.paths]
+    assert a.summary.token_ids == b.summary.token_ids
+    assert max(abs(u - v) for u, v in zip(a.summary.logprobs, b.summary.logprobs)) <= 1e-5
+
+
 @pytest.mark.parametrize("mode", ["majority", "parathinker"])
 def test_engine_lays_paths_side_by_side_on_the_cpu(tiny_llama, mode, monkeypatch, grouping):
     """The CPU engine gives a request's paths one block of pages each, side by side: its decode steps read

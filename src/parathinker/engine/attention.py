@@ -178,6 +178,9 @@ class TritonDecode:
 # flash partials): one request crosses over near 500-1000 saved reads, 16 requests near 100 per group.
 CASCADE_MIN_GROUP_KEYS = 100
 CASCADE_MIN_SAVED_KEYS = 512
+# A lone row whose reads lie in place (a summary over its paths' side-by-side blocks) reads them there, run by
+# run, from this many keys on; below it one gather and one attention call cost less (benchmarks/cascade_inplace.py).
+IN_PLACE_MIN_KEYS = 4096
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,59 @@ def _strided(per_row: list[list[int]], num_slots: int) -> Strided | None:
     if stride < width or starts[-1] + width > num_slots or any(b - a != stride for a, b in zip(starts, starts[1:])):
         return None
     return Strided(starts[0], stride, width)
+
+
+class RunsInPlace:
+    """Decode attention of one row over runs it reads in place: a summary reading its prompt, its paths'
+    side-by-side blocks (one ``Strided`` view, shorter paths masked) and its own tokens. Each part is a
+    flash partial (the paths' in one call, the query repeated per path) and the partials are merged by
+    log-sum-exp: no gather of the paths' keys, which for long paths costs more than the attention."""
+
+    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, parts: list[tuple[Strided, int, torch.Tensor | None]]):
+        self.cache = cache
+        self.slot_mapping = slot_mapping  # (1,)
+        st = cache.stride()
+        # per part (``n`` stretches of the pool): every layer's (L, 2, n, KVH, W, hd) view, and its key bias
+        self.parts = [(cache.as_strided((*cache.shape[:2], n, p.width, *cache.shape[3:]),
+                                        (st[0], st[1], p.stride * st[2], *st[2:]),
+                                        cache.storage_offset() + p.start * st[2]).transpose(3, 4),
+                       _key_bias(valid, torch.float32))
+                      for p, n, valid in parts]
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        write_kv(self.cache[layer], self.slot_mapping, k, v)
+        return self.attend(layer, q[:, 0])[:, None]
+
+    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """q (1, H, D), the row's new K/V already stored -> (1, H, D)."""
+        _, H, D = q.shape
+        KVH = self.cache.shape[3]
+        qf = q.view(1, KVH, H // KVH, D).float()
+        outs, lses = [], []
+        for view, bias in self.parts:
+            keys, vals = view[layer].float()  # (N, KVH, W, D)
+            o, lse = _partial_attention(qf.expand(keys.shape[0], -1, -1, -1), keys, vals, None, bias, transposed=True)
+            outs.append(o)
+            lses.append(lse)
+        lse = torch.cat(lses)  # (parts' stretches, KVH, G)
+        w = torch.exp(lse - lse.amax(0))[..., None]
+        return ((torch.cat(outs) * w).sum(0) / w.sum(0)).to(q.dtype).reshape(1, H, D)
+
+
+def _in_place_parts(reads: list, num_slots: int) -> list[tuple[Strided, int, torch.Tensor | None]] | None:  # noqa: ANN001
+    """A lone row's reads as parts read in place, (stretches, how many, valid keys or None): [prompt,
+    side-by-side paths, own], each run consecutive, the paths evenly spaced, at least ``IN_PLACE_MIN_KEYS``
+    keys together; None otherwise."""
+    if len(reads) < 3 or sum(r.length for r in reads) < IN_PLACE_MIN_KEYS:
+        return None
+    first, middle, last = reads[0].slot_list, [r.slot_list for r in reads[1:-1]], reads[-1].slot_list
+    paths = _strided(middle, num_slots)
+    if paths is None or not _consecutive(first) or not _consecutive(last):
+        return None
+    lens = [len(m) for m in middle]
+    valid = None if min(lens) == paths.width else torch.arange(paths.width)[None, :] < torch.tensor(lens)[:, None]
+    return [(Strided(first[0], len(first), len(first)), 1, None), (paths, len(middle), valid),
+            (Strided(last[0], len(last), len(last)), 1, None)]
 
 
 class PagedCascade:
@@ -246,9 +302,14 @@ class PagedCascade:
         self.shared = cache[:, :, g_keys].transpose(2, 3)[:, :, None] if isinstance(g_keys, slice) else None
 
     @classmethod
-    def for_chunks(cls, cache: torch.Tensor, chunks, device: torch.device) -> PagedCascade:  # noqa: ANN001
+    def for_chunks(cls, cache: torch.Tensor, chunks, device: torch.device) -> PagedCascade | RunsInPlace:  # noqa: ANN001
         from .graph_runner import Plan  # the grouping rule the Triton path uses (import here: no cycle)
 
+        if len(chunks) == 1:  # a lone row (a summary): its reads in place where they lie so and are long
+            parts = _in_place_parts(chunks[0].reads, cache.shape[2])
+            if parts is not None:
+                slot_mapping = torch.tensor(chunks[0].new_slots[:1], dtype=torch.long, device=device)
+                return RunsInPlace(cache, slot_mapping, parts)
         plan = Plan.from_chunks(chunks, max_rows=len(chunks))  # groups of >= 2 rows; everything else single
         per_row: list[list[int]] = [[] for _ in chunks]
         saved = [run.length * (len(rows) - 1) for run, rows in plan.shared]  # key reads a group saves
