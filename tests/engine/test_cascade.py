@@ -32,6 +32,14 @@ def grouping(request, monkeypatch):  # noqa: ANN001, ANN201
     return request.param
 
 
+def _reference(cache, chunks, keys, layer, q, k, v):  # noqa: ANN001, ANN202
+    """The oracle backend's output for rows whose keys are ``keys`` (slot lists, in order)."""
+    from parathinker.engine.attention import PagedReference, build_metadata
+
+    meta = build_metadata([c.new_slots for c in chunks], keys, [None] * len(chunks), "cpu")
+    return PagedReference(cache.clone(), meta)(layer, q, k, v)
+
+
 def _pair(ckpt):  # noqa: ANN001
     return [LLM(ckpt, cache=CacheConfig(kv_cache_memory=0.05, page_size=4, attention=a)) for a in ("cascade", "reference")]
 
@@ -75,7 +83,7 @@ def test_cascade_reads_pages_with_a_gap(shared, grouping):
     keys were one stretch, but 100-103 are not among them and 120-123 are. A slice would read the wrong keys."""
     import torch
 
-    from parathinker.engine.attention import PagedCascade, PagedReference, build_metadata
+    from parathinker.engine.attention import PagedCascade
     from parathinker.engine.block_manager import Run
     from parathinker.engine.runner import Chunk
 
@@ -90,9 +98,7 @@ def test_cascade_reads_pages_with_a_gap(shared, grouping):
     B = len(chunks)
     q, k, v = torch.randn(B, 1, 4, 8, generator=g), torch.randn(B, 1, 2, 8, generator=g), torch.randn(B, 1, 2, 8, generator=g)
     got = PagedCascade.for_chunks(cache.clone(), chunks, torch.device("cpu"))(0, q, k, v)
-    meta = build_metadata([c.new_slots for c in chunks], [run.slot_list + o.slot_list for o in own], [None] * B,
-                          torch.device("cpu"))
-    want = PagedReference(cache.clone(), meta)(0, q, k, v)
+    want = _reference(cache, chunks, [run.slot_list + o.slot_list for o in own], 0, q, k, v)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -103,7 +109,6 @@ def test_cascade_reads_side_by_side_blocks_in_place(pool_end, grouping):
     and its block at the pool's end), the rows are gathered instead."""
     import torch
 
-    from parathinker.engine.attention import PagedReference, build_metadata
     from parathinker.engine.block_manager import Run
     from parathinker.engine.runner import Chunk
 
@@ -125,9 +130,7 @@ def test_cascade_reads_side_by_side_blocks_in_place(pool_end, grouping):
     if grouping == "grouped":  # else the short prompt is read per row, in the private part: gathered
         assert (att.own is None) == pool_end
     got = att(0, q, k, v)
-    meta = build_metadata([c.new_slots for c in chunks], [prompt.slot_list + o.slot_list for o in own], [None] * B,
-                          torch.device("cpu"))
-    want = PagedReference(cache.clone(), meta)(0, q, k, v)
+    want = _reference(cache, chunks, [prompt.slot_list + o.slot_list for o in own], 0, q, k, v)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -139,7 +142,7 @@ def test_lone_row_reads_its_runs_in_place(equal_paths, monkeypatch):
     import torch
 
     from parathinker.engine import attention
-    from parathinker.engine.attention import PagedReference, RunsInPlace, build_metadata
+    from parathinker.engine.attention import RunsInPlace
     from parathinker.engine.block_manager import Run
     from parathinker.engine.runner import Chunk
 
@@ -160,10 +163,10 @@ def test_lone_row_reads_its_runs_in_place(equal_paths, monkeypatch):
     q, k, v = torch.randn(1, 1, 4, 8, generator=g), torch.randn(1, 1, 2, 8, generator=g), torch.randn(1, 1, 2, 8, generator=g)
     for pages_of, kind in ((lambda b: [3 + 2 * b, 4 + 2 * b], RunsInPlace), (lambda b: [3 + b, 6 + b], PagedCascade)):
         reads = [prompt, *runs(pages_of), own]
-        att = PagedCascade.for_chunks(cache.clone(), [Chunk([5], [20], [0], [38], reads)], torch.device("cpu"))
+        chunk = Chunk([5], [20], [0], [38], reads)
+        att = PagedCascade.for_chunks(cache.clone(), [chunk], torch.device("cpu"))
         assert type(att) is kind
-        keys = [s for r in reads for s in r.slot_list]
-        want = PagedReference(cache.clone(), build_metadata([[38]], [keys], [None], torch.device("cpu")))(1, q, k, v)
+        want = _reference(cache, [chunk], [[s for r in reads for s in r.slot_list]], 1, q, k, v)
         torch.testing.assert_close(att(1, q, k, v), want, rtol=1e-5, atol=1e-5)
 
 

@@ -205,7 +205,21 @@ def _strided(per_row: list[list[int]], num_slots: int) -> Strided | None:
     return Strided(starts[0], stride, width)
 
 
-class RunsInPlace:
+class _WriteThenAttend:
+    """The modular model's per-layer call of a torch decode backend: store the rows' new k', v', then ``attend``."""
+
+    cache: torch.Tensor
+    slot_mapping: torch.Tensor
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        write_kv(self.cache[layer], self.slot_mapping, k, v)
+        return self.attend(layer, q[:, 0])[:, None]
+
+    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RunsInPlace(_WriteThenAttend):
     """Decode attention of one row over runs it reads in place: a summary reading its prompt, its paths'
     side-by-side blocks (one ``Strided`` view, shorter paths masked) and its own tokens. Each part is a
     flash partial (the paths' in one call, the query repeated per path) and the partials are merged by
@@ -221,10 +235,6 @@ class RunsInPlace:
                                         cache.storage_offset() + p.start * st[2]).transpose(3, 4),
                        _key_bias(valid, torch.float32))
                       for p, n, valid in parts]
-
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        write_kv(self.cache[layer], self.slot_mapping, k, v)
-        return self.attend(layer, q[:, 0])[:, None]
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """q (1, H, D), the row's new K/V already stored -> (1, H, D)."""
@@ -258,7 +268,7 @@ def _in_place_parts(reads: list, num_slots: int) -> list[tuple[Strided, int, tor
             (Strided(last[0], len(last), len(last)), 1, None)]
 
 
-class PagedCascade:
+class PagedCascade(_WriteThenAttend):
     """Decode steps (one new token per row) in plain torch, reading a shared prompt once per request.
 
     The engine's default decode attention where the Triton kernel does not run (the CPU). Rows
@@ -345,10 +355,6 @@ class PagedCascade:
         slot_mapping = torch.tensor([c.new_slots[0] for c in chunks], dtype=torch.long, device=device)
         whole = len(shared) == 1 and list(shared[0][1]) == list(range(len(chunks)))
         return cls(cache, slot_mapping, groups, private, whole)
-
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        write_kv(self.cache[layer], self.slot_mapping, k, v)
-        return self.attend(layer, q[:, 0])[:, None]
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """q (B, H, D), the rows' new K/V already stored -> (B, H, D)."""
