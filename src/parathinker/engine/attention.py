@@ -205,6 +205,18 @@ def _strided(per_row: list[list[int]], num_slots: int) -> Strided | None:
     return Strided(starts[0], stride, width)
 
 
+def _stretches(cache: torch.Tensor, s: Strided, n: int) -> torch.Tensor:
+    """Every layer's ``n`` stretches of ``s`` as a view of the pool: (L, 2, n, width, KVH, hd), no copy."""
+    st = cache.stride()
+    return cache.as_strided((*cache.shape[:2], n, s.width, *cache.shape[3:]), (st[0], st[1], s.stride * st[2], *st[2:]),
+                            cache.storage_offset() + s.start * st[2])
+
+
+def _shorter_masked(lens: list[int], width: int) -> torch.Tensor | None:
+    """(n, width) valid keys of stretches holding ``lens`` keys each; None when every one is full."""
+    return None if min(lens) == width else torch.arange(width)[None, :] < torch.tensor(lens)[:, None]
+
+
 class _WriteThenAttend:
     """The modular model's per-layer call of a torch decode backend: store the rows' new k', v', then ``attend``."""
 
@@ -228,13 +240,8 @@ class RunsInPlace(_WriteThenAttend):
     def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, parts: list[tuple[Strided, int, torch.Tensor | None]]):
         self.cache = cache
         self.slot_mapping = slot_mapping  # (1,)
-        st = cache.stride()
         # per part (``n`` stretches of the pool): every layer's (L, 2, n, KVH, W, hd) view, and its key bias
-        self.parts = [(cache.as_strided((*cache.shape[:2], n, p.width, *cache.shape[3:]),
-                                        (st[0], st[1], p.stride * st[2], *st[2:]),
-                                        cache.storage_offset() + p.start * st[2]).transpose(3, 4),
-                       _key_bias(valid, torch.float32))
-                      for p, n, valid in parts]
+        self.parts = [(_stretches(cache, p, n).transpose(3, 4), _key_bias(valid, torch.float32)) for p, n, valid in parts]
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """q (1, H, D), the row's new K/V already stored -> (1, H, D)."""
@@ -262,8 +269,7 @@ def _in_place_parts(reads: list, num_slots: int) -> list[tuple[Strided, int, tor
     paths = _strided(middle, num_slots)
     if paths is None or not _consecutive(first) or not _consecutive(last):
         return None
-    lens = [len(m) for m in middle]
-    valid = None if min(lens) == paths.width else torch.arange(paths.width)[None, :] < torch.tensor(lens)[:, None]
+    valid = _shorter_masked([len(m) for m in middle], paths.width)
     return [(Strided(first[0], len(first), len(first)), 1, None), (paths, len(middle), valid),
             (Strided(last[0], len(last), len(last)), 1, None)]
 
@@ -296,10 +302,7 @@ class PagedCascade(_WriteThenAttend):
         slots = private[0]
         self.own, self.own_slots = None, None
         if isinstance(slots, Strided):  # (L, 2, B, W, KVH, hd), a view: no copy
-            st, B = cache.stride(), slot_mapping.shape[0]
-            self.own = cache.as_strided((*cache.shape[:2], B, slots.width, *cache.shape[3:]),
-                                        (st[0], st[1], slots.stride * st[2], *st[2:]),
-                                        cache.storage_offset() + slots.start * st[2])
+            self.own = _stretches(cache, slots, slot_mapping.shape[0])
         else:
             self.own_slots = slots.reshape(-1)
         if groups is None:
@@ -344,10 +347,9 @@ class PagedCascade(_WriteThenAttend):
             groups = (keys, valid, rows.to(device), row_valid.to(device))
         for run, r in plan.single:
             per_row[r].extend(run.slot_list)
-        lens = [len(r) for r in per_row]
         strided = _strided(per_row, cache.shape[2])
         if strided is not None:  # read in place; rows shorter than the widest are padded by key masking
-            valid = None if min(lens) == strided.width else torch.arange(strided.width)[None, :] < torch.tensor(lens)[:, None]
+            valid = _shorter_masked([len(r) for r in per_row], strided.width)
             private: tuple = (strided, None if valid is None else valid.to(device))
         else:
             slots, valid = _padded(per_row)
