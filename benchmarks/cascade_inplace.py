@@ -42,6 +42,19 @@ def layer_step(att: PagedCascade, q: torch.Tensor, flush: torch.Tensor, repeats:
     return 1e3 * statistics.median(times)
 
 
+def run_of(pages: list[int], length: int) -> Run:
+    """A run of ``length`` tokens filled into ``pages``."""
+    run = Run(PAGE, pages=pages, length=length)
+    run.slot_list = [run.slot(i) for i in range(length)]
+    return run
+
+
+def prompt_run() -> tuple[Run, int]:
+    """The shared prompt in pages 1.., and the first page after it."""
+    base = 1 + -(-PROMPT // PAGE)
+    return run_of(list(range(1, base)), PROMPT), base
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--own", default="128,1024,4096", help="own tokens per path (comma list)")
@@ -60,18 +73,13 @@ def main() -> None:
     print(f"{B} paths, {PROMPT}-token shared prompt, one layer's attend, caches flushed, {args.threads} thread(s)")
     print(f"{'own tokens':>10} {'in place ms':>12} {'gathered ms':>12} {'speed-up':>9}")
     for W in (int(x) for x in args.own.split(",")):
-        k, base = -(-W // PAGE), 1 + -(-PROMPT // PAGE)
+        k, (prompt, base) = -(-W // PAGE), prompt_run()
         cache = torch.randn(1, 2, (base + B * k) * PAGE, KVH, DIM, generator=g)
-        prompt = Run(PAGE, pages=list(range(1, base)), length=PROMPT, slot_list=list(range(PAGE, PAGE + PROMPT)))
         q = torch.randn(B, HEADS, DIM, generator=g)
         got, placed = {}, None
         for layout in ("blocks", "interleaved"):
-            own = []
-            for b in range(B):
-                pages = [base + (b * k + j if layout == "blocks" else j * B + b) for j in range(k)]
-                run = Run(PAGE, pages=pages, length=W)
-                run.slot_list = [run.slot(i) for i in range(W)]
-                own.append(run)
+            own = [run_of([base + (b * k + j if layout == "blocks" else j * B + b) for j in range(k)], W)
+                   for b in range(B)]
             slots = torch.tensor([s for o in own for s in o.slot_list])
             if placed is None:
                 placed = cache[:, :, slots].clone()
@@ -91,17 +99,11 @@ def main() -> None:
     print(f"{'path tokens':>11} {'keys':>6} {'in place ms':>12} {'gathered ms':>12} {'speed-up':>9}  IN_PLACE_MIN_KEYS")
     summary = []
     for W in (int(x) for x in args.own.split(",")):
-        k, base = -(-W // PAGE), 1 + -(-PROMPT // PAGE)
+        k, (prompt, base) = -(-W // PAGE), prompt_run()
         cache = torch.randn(1, 2, (base + B * k + 1) * PAGE, KVH, DIM, generator=g)
-        prompt = Run(PAGE, pages=list(range(1, base)), length=PROMPT, slot_list=list(range(PAGE, PAGE + PROMPT)))
-        paths = []
-        for b in range(B):
-            run = Run(PAGE, pages=[base + b * k + j for j in range(k)], length=max(1, int(args.summary_fill * W)))
-            run.slot_list = [run.slot(i) for i in range(run.length)]
-            paths.append(run)
-        end = (base + B * k) * PAGE
-        own = Run(PAGE, pages=[base + B * k], length=8, slot_list=list(range(end, end + 8)))
-        chunk = Chunk([5], [PROMPT + W + 8], [0], [end + 7], [prompt, *paths, own])
+        paths = [run_of([base + b * k + j for j in range(k)], max(1, int(args.summary_fill * W))) for b in range(B)]
+        own = run_of([base + B * k], 8)
+        chunk = Chunk([5], [PROMPT + W + 8], [0], [own.slot_list[-1]], [prompt, *paths, own])
         q = torch.randn(1, HEADS, DIM, generator=g)
         keys = sum(r.length for r in (prompt, *paths, own))
         got = {}
