@@ -187,7 +187,10 @@ def load_hub(name: str) -> list[Problem]:
     try:
         import datasets
     except ImportError:
-        raise DataError(f"benchmark {name!r}: give --data-dir (the 'datasets' package is not installed)") from None
+        raise DataError(
+            f"benchmark {name!r}: loading it from the hub needs `pip install 'parathinker[hub]'`; "
+            "or give --data-dir with local JSONL files"
+        ) from None
     try:
         ds = datasets.load_dataset(src.repo, split=src.split)
     except Exception as e:  # offline, renamed dataset, ...: one actionable line
