@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .cliutil import add_dataclass_args, dataclass_from_args
+from .cliutil import add_dataclass_args, dataclass_from_args, parse_threads
 from .engine.kv_cache import CacheConfig
 from .engine.params import ParallelParams, SamplingParams
 from .errors import ParaThinkerError
@@ -19,7 +19,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=None, help="HF checkpoint directory, or 'smollm2' (default: the bundled model)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    g.add_argument("--threads", default="auto", help="torch CPU threads (auto: 1 for models under 20M parameters)")
+    g.add_argument("--threads", default="auto", type=parse_threads,
+                   help="torch CPU threads: a number, or auto (1 for models under 20M parameters, else torch's)")
 
 
 def _add_generate(sub: Any) -> None:
@@ -33,34 +34,24 @@ def _add_generate(sub: Any) -> None:
     g.add_argument("--show-paths", action="store_true", help="print every path in full (default: one line each)")
     g.add_argument("--json", action="store_true", help="print the outputs as JSON")
     g.add_argument("--raw", action="store_true", help="send the question untouched (no chat template, no instruction)")
-    add_dataclass_args(p, ParallelParams)
-    add_dataclass_args(p, SamplingParams)
+    # per-request options: what is typed wins, the rest comes from the checkpoint, then the library
+    add_dataclass_args(p, ParallelParams, layered=True)
+    add_dataclass_args(p, SamplingParams, layered=True)
     add_dataclass_args(p, CacheConfig)
     p.set_defaults(func=_generate)
 
 
-def _explicit(args: argparse.Namespace, cls: type, parser_defaults: dict[str, Any]) -> dict[str, Any]:
-    """Fields the user set on the command line (others fall back to the checkpoint's defaults)."""
-    import dataclasses
-
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if getattr(args, f.name) != parser_defaults.get(f.name)}
-
-
 def _generate(args: argparse.Namespace) -> int:
+    cache = dataclass_from_args(CacheConfig, args)
+    # only the options typed (the others are absent from args); constructing them validates them
+    # before the slow model load, and LLM.generate resolves the rest (PromptStyle.resolve)
+    pp = dataclass_from_args(ParallelParams, args)
+    sp = dataclass_from_args(SamplingParams, args)
     from .engine.llm import LLM
 
-    cache = dataclass_from_args(CacheConfig, args)
-    # validate options before the (slow) model load
-    dataclass_from_args(ParallelParams, args)
-    dataclass_from_args(SamplingParams, args)
     llm = LLM(args.model, device=args.device, dtype=args.dtype, cache=cache, threads=args.threads)
-    dp, ds = llm.default_params()
-    import dataclasses
-
-    pp = dataclasses.replace(dp, **_explicit(args, ParallelParams, args._defaults))
-    sp = dataclasses.replace(ds, **_explicit(args, SamplingParams, args._defaults))
-    outs = llm.generate(args.question, pp, sp, raw=args.raw, progress=not args.json)
+    # a progress bar only on a terminal: in a log its carriage returns are noise
+    outs = llm.generate(args.question, pp, sp, raw=args.raw, progress=not args.json and sys.stderr.isatty())
     if args.json:
         print(json.dumps([_as_dict(o) for o in outs], indent=2, ensure_ascii=False))
     else:
@@ -82,8 +73,15 @@ def _as_dict(o: Any) -> dict[str, Any]:
     return d
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one error format: ``parathinker: error: ...`` on one line, exit 2."""
+
+    def error(self, message: str) -> Any:  # argparse's own: the usage block, then "PROG: error: ..."
+        self.exit(2, f"parathinker: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="parathinker", description="Native parallel thinking for LLMs: run, train and evaluate ParaThinker models."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,10 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # defaults of this subcommand, to tell explicit options from untouched ones
-    sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    sp = sub_action.choices[args.command]
-    args._defaults = {a.dest: a.default for a in sp._actions}
     try:
         return int(args.func(args) or 0)
     except ParaThinkerError as e:

@@ -1,8 +1,14 @@
 """Build argparse options from config dataclasses, so the CLI cannot drift from the configs.
 
 A field becomes ``--field-name`` (or ``metadata["flag"]``), with ``metadata["help"]`` as help
-and the dataclass default as default. Validation stays in the dataclass's ``__post_init__``:
-the CLI constructs the config and prints its ConfigError as one line.
+and the dataclass default as default (shown as ``metadata["default_text"]`` when given).
+Validation stays in the dataclass's ``__post_init__``: the CLI constructs the config and prints
+its ConfigError as one line.
+
+``layered=True`` (per-request params whose defaults a checkpoint may override): an option not
+typed is absent from the parsed namespace (``argparse.SUPPRESS``), so ``dataclass_from_args``
+passes only what the user typed, and ``params.resolve`` fills the rest from the checkpoint, then
+the library; the help says so.
 """
 
 from __future__ import annotations
@@ -31,8 +37,12 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser | Any, cls: type, *, skip: tuple[str, ...] = ()) -> None:
-    """Add one option per field of dataclass ``cls`` (fields in ``skip`` or with metadata cli=False excluded)."""
+def add_dataclass_args(
+    parser: argparse.ArgumentParser | Any, cls: type, *, skip: tuple[str, ...] = (), layered: bool = False
+) -> None:
+    """Add one option per field of dataclass ``cls`` (fields in ``skip`` or with metadata cli=False excluded).
+
+    ``layered``: untyped options stay unset and the help names the checkpoint as the first default."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
     for f in dataclasses.fields(cls):
@@ -43,21 +53,42 @@ def add_dataclass_args(parser: argparse.ArgumentParser | Any, cls: type, *, skip
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
         help_ = f.metadata.get("help", "")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": default}
+        shown = f.metadata.get("default_text", default)
+        if tp is bool and default is not None:
+            shown = "on" if default else "off"
+        # one default per option: none shown for "unset" (None) or when the help already states it
+        if layered:
+            help_ += f" (default: the checkpoint's parathinker.json, else {shown if shown is not None else 'unset'})"
+        elif shown is not None and "(default:" not in help_:
+            help_ += f" (default: {shown})"
+        help_ = help_.strip()
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS if layered else default, "help": help_}
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-            kwargs["help"] = help_
         else:
             if typing.get_origin(tp) is typing.Literal:
                 kwargs["choices"] = list(typing.get_args(tp))
                 tp = type(kwargs["choices"][0])
             kwargs["type"] = tp if tp in (int, float, str) else str
-            kwargs["help"] = f"{help_} (default: {default})" if help_ else f"default: {default}"
         group.add_argument(_flag(f), **kwargs)
 
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
-    """Construct ``cls`` from the parsed options named after its fields (plus ``overrides``)."""
+    """Construct ``cls`` from the parsed options named after its fields (plus ``overrides``); with
+    ``layered`` options, only those the user typed are passed (the params remember them as set)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     values.update(overrides)
     return cls(**values)
+
+
+def parse_threads(text: str | int) -> int | str:
+    """``--threads``: ``auto`` or a positive number (argparse ``type``: a bad value is one usage line)."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of threads or auto, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 or auto, got {n}")
+    return n

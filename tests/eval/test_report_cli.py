@@ -37,7 +37,7 @@ def _main(argv: list[str]) -> int:
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, FakeLLM]:
     d, golds = _data(tmp_path)
     llm = FakeLLM(golds, p_correct=0.5)
-    monkeypatch.setattr(cli, "load_llm", lambda model, device: llm)
+    monkeypatch.setattr(cli, "load_llm", lambda model, device, threads="auto": llm)
     return d, llm
 
 

@@ -9,6 +9,13 @@ import torch
 from ..errors import ConfigError, OutOfPagesError
 from ..model import ModelConfig
 
+# CPU default pool: room for this many sequences of the model's full context (e.g. 8 requests of
+# 8 paths each reaching the context), capped. A small model then gets a small pool (the bundled
+# 3M-parameter model: 256 MiB instead of 2 GiB, which cost ~1 s of start-up and 2 GB of RSS); a
+# request that needs more than the pool fails at once with "raise --kv-cache-memory".
+CPU_POOL_CONTEXTS = 64
+CPU_POOL_MAX_GIB = 2
+
 
 @dataclass
 class CacheConfig:
@@ -17,7 +24,9 @@ class CacheConfig:
     page_size: int = field(default=16, metadata={"help": "tokens per KV page"})
     kv_cache_memory: float | None = field(
         default=None,
-        metadata={"help": "GiB for the KV pool (default: 2 GiB on CPU, 85%% of free memory on CUDA)"},
+        metadata={"help": "GiB for the KV pool",
+                  "default_text": f"on CPU what {CPU_POOL_CONTEXTS} full-context sequences need, at most "
+                  f"{CPU_POOL_MAX_GIB} GiB; on CUDA 85%% of free memory"},
     )
     num_pages: int | None = field(default=None, metadata={"help": "exact page count (overrides the budget)"})
     attention: str = field(
@@ -71,7 +80,9 @@ class KVCache:
         if cache.num_pages is not None:
             num_pages = cache.num_pages
         else:
-            budget = cache.kv_cache_memory * 2**30 if cache.kv_cache_memory else default_budget(device)
+            budget = cache.kv_cache_memory * 2**30 if cache.kv_cache_memory else default_budget(
+                device, cfg.kv_bytes_per_token * elem * cfg.max_position_embeddings
+            )
             num_pages = int(budget // page_bytes)
         if num_pages < 2:
             raise OutOfPagesError(
@@ -94,8 +105,10 @@ class KVCache:
         return self.data.numel() * self.data.element_size()
 
 
-def default_budget(device: torch.device) -> float:
+def default_budget(device: torch.device, context_bytes: int) -> float:
+    """Bytes of the pool when no budget is given: 85% of free memory on CUDA; on the CPU room for
+    ``CPU_POOL_CONTEXTS`` sequences of ``context_bytes`` (one full context's K and V), capped."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return 0.85 * free
-    return 2 * 2**30
+    return min(CPU_POOL_MAX_GIB * 2**30, CPU_POOL_CONTEXTS * context_bytes)

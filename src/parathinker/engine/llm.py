@@ -82,14 +82,23 @@ class LLM:
 
     def default_params(self) -> tuple[ParallelParams, SamplingParams]:
         """The checkpoint's defaults (``parathinker.json``) over the library's."""
-        return ParallelParams(**self.style.parallel), SamplingParams(**self.style.sampling)
+        return self._resolve(None, None)
 
-    def _resolve(self, parallel: ParallelParams | None, sampling: SamplingParams | None):
-        dp, ds = self.default_params()
-        parallel = parallel or dp
-        if parallel.summary_prefix is None:
-            parallel = replace(parallel, summary_prefix=self.style.summary_prefix)
-        return parallel, sampling or ds
+    def _resolve(
+        self, parallel: ParallelParams | None, sampling: SamplingParams | None
+    ) -> tuple[ParallelParams, SamplingParams]:
+        """What the caller set > the checkpoint's parathinker.json > the library (``PromptStyle.resolve``)."""
+        return self.style.resolve(parallel, sampling)
+
+    def check(
+        self, prompt: str | Sequence[int], parallel: ParallelParams | None = None,
+        sampling: SamplingParams | None = None, *, raw: bool = False,
+    ) -> None:
+        """Raise the error ``generate`` would raise for this request (control tokens, paths, context,
+        pages), without running it: ``parathinker eval`` checks every method x P before its first sample."""
+        parallel, sampling = self._resolve(parallel, sampling)
+        ids = list(prompt) if _is_token_ids(prompt) else self.encode_prompt(prompt, raw)  # type: ignore[arg-type]
+        self.engine.check(RequestSpec(ids, parallel, sampling, self._encode_text(parallel.summary_prefix or "")))
 
     def _encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
@@ -200,7 +209,7 @@ class LLM:
         prompt_ids = self.encode_prompt(prompt, raw) if isinstance(prompt, str) else list(prompt)
         bodies = [self._encode_text(p) if isinstance(p, str) else list(p) for p in paths]
         summary_ids = self._encode_text(summary) if isinstance(summary, str) else list(summary)
-        parallel = parallel or ParallelParams(num_paths=len(bodies))
+        parallel = self._resolve(parallel, None)[0]  # the checkpoint's layout ablations, unless set
         parallel = replace(parallel, num_paths=len(bodies), termination="last", summary_prefix="")
         packed = pack(prompt_ids, bodies, summary_ids, c, config=parallel.layout)
         spec = RequestSpec(
@@ -249,9 +258,12 @@ def _set_threads(threads: int | str | None, model: torch.nn.Module) -> None:
         if model.device.type == "cpu" and small:
             torch.set_num_threads(1)
         return
-    n = int(threads)
+    try:
+        n = int(threads)
+    except ValueError:
+        n = 0
     if n < 1:
-        raise ConfigError(f"threads must be >= 1 or auto, got {threads}")
+        raise ConfigError(f"threads must be a number >= 1 or 'auto', got {threads!r}")
     torch.set_num_threads(n)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from ..errors import ConfigError
 from ..layout import LayoutConfig
@@ -12,10 +15,68 @@ RELEASED_SUMMARY_PREFIX = (
     "By analyzing multiple reasoning processes above, I concluded that: The final answer is"
 )
 
+T = TypeVar("T")
+
+
+def _track_set_fields(cls: type[T]) -> type[T]:
+    """Make ``cls`` remember which fields its caller set (``set_fields``), so that a checkpoint's
+    defaults fill only the others (``resolve``).
+
+    A field counts as set when it was passed to the constructor. ``dataclasses.replace`` passes
+    every field again: there the fields set on the original stay set, and a changed field counts as
+    set when its new value differs from the library default (replacing an unset field with exactly
+    the library default cannot be told apart from leaving it: construct the params anew for that).
+    """
+    init = cls.__init__
+    names = [f.name for f in dataclasses.fields(cls) if f.init and f.name != "_set"]  # type: ignore[arg-type]
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        given = set(names[: len(args)]) | (kwargs.keys() - {"_set"})
+        carried = kwargs.get("_set")
+        if carried is not None:  # dataclasses.replace
+            given = set(carried) | {n for n in given if getattr(self, n) != defaults[n]}
+        object.__setattr__(self, "_set", frozenset(given))
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+def _set_field() -> Any:
+    return field(default=None, repr=False, compare=False, metadata={"cli": False})
+
+
+def set_fields(params: object) -> frozenset[str]:
+    """The fields of a ``SamplingParams`` / ``ParallelParams`` that its caller set."""
+    return getattr(params, "_set", frozenset())
+
+
+def resolve(cls: type[T], user: T | None, checkpoint: Mapping[str, Any] | None = None) -> T:
+    """THE precedence rule of every entry point (Python, ``generate``, ``eval``): what the user set
+    > the checkpoint's ``parathinker.json`` > the library default.
+
+    ``user``: params built by the caller (only the fields it set count; None: nothing set);
+    ``checkpoint``: the checkpoint's defaults for ``cls`` (a dict of field values). The result
+    counts the checkpoint's and the user's fields as set, so resolving it again changes nothing.
+    """
+    values: dict[str, Any] = dict(checkpoint or {})
+    unknown = values.keys() - {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    if unknown:
+        from ..errors import CheckpointError
+
+        raise CheckpointError(f"parathinker.json: unknown {cls.__name__} field(s) {sorted(unknown)}")
+    if user is not None:
+        values.update({k: getattr(user, k) for k in set_fields(user)})
+    return cls(**values)
+
+
 Mode = Literal["parathinker", "sequential", "majority", "reprefill"]
 MODES: tuple[str, ...] = ("parathinker", "sequential", "majority", "reprefill")
 
 
+@_track_set_fields
 @dataclass
 class SamplingParams:
     """How tokens are drawn. temperature 0 is greedy; a seed makes a request reproducible."""
@@ -25,6 +86,7 @@ class SamplingParams:
     top_k: int = field(default=0, metadata={"help": "keep the k most likely tokens, 0 = off"})
     seed: int | None = field(default=None, metadata={"help": "seed for reproducible sampling"})
     ignore_eos: bool = field(default=False, metadata={"help": "benchmarking: EOS does not end plain samples"})
+    _set: frozenset[str] | None = _set_field()  # the fields the caller set (see resolve)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -39,6 +101,7 @@ class SamplingParams:
         return self.temperature == 0
 
 
+@_track_set_fields
 @dataclass
 class ParallelParams:
     """How a request thinks: how many paths, when thinking stops, budgets, and the mode.
@@ -57,11 +120,13 @@ class ParallelParams:
     mode: Mode = field(default="parathinker", metadata={"help": "parathinker | sequential | majority | reprefill"})
     summary_prefix: str | None = field(
         default=None,
-        metadata={"help": "text forced after <summary> ('' for none; default: the model's, else the released one)"},
+        metadata={"help": "text forced after <summary> ('' for none)",
+                  "default_text": "the checkpoint's summary_prefix, else the released one"},
     )
     flat_positions: bool = field(default=False, metadata={"help": "ablation: path k at L + k*budget + t"})
     thought_embeddings: bool = field(default=True, metadata={"help": "ablation: --no-thought-embeddings sets all segment ids to 0"})
-    flat_stride: int | None = field(default=None, metadata={"help": "flat positions: slot per path (default: budget + 2)"})
+    flat_stride: int | None = field(default=None, metadata={"help": "flat positions: slot per path", "default_text": "budget + 2"})
+    _set: frozenset[str] | None = _set_field()  # the fields the caller set (see resolve)
 
     def __post_init__(self) -> None:
         if self.num_paths < 1:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-from .params import RELEASED_SUMMARY_PREFIX
+from .params import RELEASED_SUMMARY_PREFIX, ParallelParams, SamplingParams, resolve
 
 RELEASED_INSTRUCTION = (
     "You FIRST think about the reasoning process as an internal monologue and then summarize the reasoning "
@@ -43,6 +43,18 @@ class PromptStyle:
             return cls(**raw)
         except (OSError, ValueError, TypeError) as e:
             raise CheckpointError(f"cannot read {f}: {e}") from None
+
+    def resolve(
+        self, parallel: ParallelParams | None = None, sampling: SamplingParams | None = None
+    ) -> tuple[ParallelParams, SamplingParams]:
+        """The parameters a request runs with: what the caller set > this checkpoint's defaults
+        (``parallel`` / ``sampling`` / ``summary_prefix``) > the library's (``params.resolve``).
+        ``LLM`` (generate, score, request specs), ``parathinker generate`` and ``parathinker eval``
+        all come through here."""
+        pp = resolve(ParallelParams, parallel, self.parallel)
+        if pp.summary_prefix is None:
+            pp = replace(pp, summary_prefix=self.summary_prefix)
+        return pp, resolve(SamplingParams, sampling, self.sampling)
 
 
 Prompt = str | Sequence[Mapping[str, str]]  # a question, or chat messages ({"role", "content"})

@@ -11,10 +11,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..cliutil import add_dataclass_args
+from ..cliutil import add_dataclass_args, dataclass_from_args, parse_threads
 from ..engine.params import ParallelParams, SamplingParams
+from ..engine.prompting import PromptStyle
 from ..errors import CheckpointError, ConfigError
-from .benchmarks import BENCHMARK_NAMES, benchmark_label, load_benchmark, parse_benchmark_list
+from .benchmarks import BENCHMARK_NAMES, PATHFIND, benchmark_label, load_benchmark, parse_benchmark_list
 from .report import build_report
 from .runner import GenerateLLM, run_eval
 from .settings import METHODS, EvalSettings, RunPlan, parse_int_list, parse_shard
@@ -30,7 +31,8 @@ def register(subparsers: Any) -> None:
     g = ev.add_argument_group("what to run")
     g.add_argument("--model", required=True, help="model directory (or hub id) for parathinker.LLM")
     g.add_argument("--benchmark", required=True,
-                   help=f"comma list of {', '.join(BENCHMARK_NAMES)} or paths to .jsonl files (problem + answer)")
+                   help=f"comma list of {', '.join(BENCHMARK_NAMES)}, {PATHFIND} (the bundled task's held-out set, "
+                   "made in memory) or paths to .jsonl files (problem + answer)")
     g.add_argument("--method", default="sequential,majority,parathinker", help=f"comma list of {', '.join(METHODS)}")
     g.add_argument("--paths", default="1,2,4,8", help="comma list of P (number of parallel paths)")
     g.add_argument("--samples", type=int, default=1, help="runs per problem (paper: 16 small sets, 4 MATH-500)")
@@ -42,6 +44,8 @@ def register(subparsers: Any) -> None:
     g.add_argument("--shard", default="0/1", help="i/n: run the i-th of n disjoint parts (0-based)")
     g.add_argument("--batch-size", type=int, default=1, help="problems per generate call")
     g.add_argument("--device", help="device for the model (default: the engine's)")
+    g.add_argument("--threads", default="auto", type=parse_threads,
+                   help="torch CPU threads: a number, or auto (1 for models under 20M parameters, else torch's)")
     g.add_argument("--seed", type=int, default=0, help="base seed; sample s uses seed + s")
     g.add_argument("--sequential-max-tokens", type=int, default=None,
                    help="budget of the sequential-long method (default: 2 x --max-path-tokens)")
@@ -51,8 +55,9 @@ def register(subparsers: Any) -> None:
                    help="run the tunnel-vision experiment instead (sequential; uses --samples, --limit)")
     g.add_argument("--tunnel-prefixes", default="100,200,400,800,1600", help="prefix lengths in tokens")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_dataclass_args(ev, SamplingParams, skip=("seed",))
-    add_dataclass_args(ev, ParallelParams, skip=("num_paths", "mode"))
+    # what is typed wins, the rest comes from the checkpoint's parathinker.json, then the library
+    add_dataclass_args(ev, SamplingParams, skip=("seed",), layered=True)
+    add_dataclass_args(ev, ParallelParams, skip=("num_paths", "mode"), layered=True)
     ev.set_defaults(func=cmd_eval)
 
     rep = subparsers.add_parser("report", help="tables (Markdown, JSON) and plots of a run folder")
@@ -62,7 +67,7 @@ def register(subparsers: Any) -> None:
     rep.set_defaults(func=cmd_report)
 
 
-def load_llm(model: str, device: str | None) -> GenerateLLM:
+def load_llm(model: str, device: str | None, threads: int | str = "auto") -> GenerateLLM:
     """Construct the engine's ``LLM`` (imported here so the harness works without it in tests)."""
     try:
         from .. import LLM  # type: ignore[attr-defined]
@@ -70,18 +75,30 @@ def load_llm(model: str, device: str | None) -> GenerateLLM:
         raise ConfigError("the engine (parathinker.LLM) is not available in this install") from None
     if not Path(model).exists() and model.startswith((".", "/")):
         raise CheckpointError(f"--model {model}: no such directory")
-    return LLM(model, device=device, threads="auto") if device else LLM(model, threads="auto")
+    return LLM(model, device=device, threads=threads) if device else LLM(model, threads=threads)
 
 
-def settings_from_args(args: argparse.Namespace) -> EvalSettings:
-    """EvalSettings from parsed ``eval`` options (the model path is made absolute if it exists)."""
+def checkpoint_style(model: str) -> PromptStyle:
+    """The checkpoint's prompting defaults (its parathinker.json), read without loading the model."""
+    from ..engine.llm import resolve_model_path
+
+    return PromptStyle.from_checkpoint(resolve_model_path(model))
+
+
+def settings_from_args(args: argparse.Namespace, style: PromptStyle | None = None) -> EvalSettings:
+    """EvalSettings from parsed ``eval`` options: what is typed > the checkpoint's defaults (``style``)
+    > the library's, by the one rule ``PromptStyle.resolve`` (the model path is made absolute if it
+    exists). The summary prefix is kept as typed (None: the engine uses the checkpoint's)."""
     model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    pp, sp = (style or PromptStyle()).resolve(
+        dataclass_from_args(ParallelParams, args), dataclass_from_args(SamplingParams, args)
+    )
     return EvalSettings(
-        model=model, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-        max_path_tokens=args.max_path_tokens, summary_max_tokens=args.summary_max_tokens,
-        termination=args.termination, summary_prefix=args.summary_prefix, flat_positions=args.flat_positions,
-        thought_embeddings=args.thought_embeddings, sequential_max_tokens=args.sequential_max_tokens,
-        prompt_template=args.prompt_template,
+        model=model, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, seed=args.seed,
+        max_path_tokens=pp.max_path_tokens, summary_max_tokens=pp.summary_max_tokens,
+        termination=pp.termination, summary_prefix=getattr(args, "summary_prefix", None),
+        flat_positions=pp.flat_positions, thought_embeddings=pp.thought_embeddings,
+        sequential_max_tokens=args.sequential_max_tokens, prompt_template=args.prompt_template,
     )
 
 
@@ -102,10 +119,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     labels = tuple(benchmark_label(s) for s in specs)
     if len(set(labels)) != len(labels):
         raise ConfigError(f"--benchmark: two benchmarks share the name {labels}; rename a file")
-    settings = settings_from_args(args)
     plan = plan_from_args(args, labels)
+    settings = settings_from_args(args, checkpoint_style(args.model))
     problems = {lab: load_benchmark(spec, args.data_dir) for lab, spec in zip(labels, specs)}
-    llm = load_llm(args.model, args.device)
+    llm = load_llm(args.model, args.device, args.threads)
     if args.tunnel_vision:
         new = run_tunnel_vision(llm, problems, plan, settings, args.out, progress=not args.no_progress)
     else:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from ..engine.params import ParallelParams, SamplingParams
+from ..errors import ParaThinkerError
 from .benchmarks import Problem
 from .grading import Extraction, extract_answer, majority_vote
 from .runlog import AppendLog, Record, read_logs
@@ -185,8 +186,7 @@ def run_eval(
     Safe to kill at any time: finished samples are on disk, a rerun continues where it stopped.
     """
     out = Path(out_dir)
-    for method, p in plan.cells():  # a bad combination (e.g. termination 3 with P=2) fails now
-        settings.parallel(method, p)
+    preflight(llm, problems, plan, settings)
     check_run_settings(out, settings)
     with AppendLog(out / plan.log_name(), sample_key) as log:  # opening drops a cut last line
         others = [p for p in log_paths(out) if p != log.path]
@@ -195,12 +195,37 @@ def run_eval(
         return _drive(llm, batches, plan, settings, log, progress)
 
 
+def preflight(llm: GenerateLLM, problems: dict[str, list[Problem]], plan: RunPlan, settings: EvalSettings) -> None:
+    """Fail before the first sample, not after hours: every method x P (and its budgets) is checked
+    against the model (control tokens, paths, context, KV pages) with each benchmark's longest prompt,
+    when the LLM can check requests (``LLM.check``); without it, the params are still validated."""
+    check = getattr(llm, "check", None)
+    encode = getattr(llm, "encode_prompt", None)
+    longest: list[Any] = []
+    if check is not None:
+        for bench in plan.benchmarks:
+            mine = select_problems(problems[bench], plan.limit, plan.shard)
+            prompts = [settings.prompt(pr.problem) for pr in mine]
+            if prompts and encode is not None:
+                longest.append(max((encode(p) for p in prompts), key=len))
+            elif prompts:
+                longest.append(max(prompts, key=len))
+    for method, p in plan.cells():  # a bad combination (e.g. termination 3 with P=2) fails here too
+        pp = settings.parallel(method, p)
+        for prompt in longest:
+            try:
+                check(prompt, pp, settings.sampling(settings.seed))  # type: ignore[misc]
+            except ParaThinkerError as e:
+                raise type(e)(f"--method {method} --paths {p}: {e}") from None
+
+
 def _drive(
     llm: GenerateLLM, batches: list[Batch], plan: RunPlan, settings: EvalSettings, log: AppendLog, progress: bool
 ) -> int:
     new = 0
     with tqdm(
-        total=sum(len(b.problems) for b in batches), unit="sample", disable=not progress, dynamic_ncols=True
+        total=sum(len(b.problems) for b in batches), unit="sample", dynamic_ncols=True,
+        disable=None if progress else True,  # None: no bar when stderr is not a terminal (a log)
     ) as bar:
         for b in batches:
             bar.set_description(f"{b.problems[0].benchmark} {b.method} P={b.num_paths} s{b.sample}")

@@ -178,11 +178,14 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def check_run_settings(out_dir: Path, settings: EvalSettings) -> None:
-    """Write ``run.json`` on the first run; on a rerun, refuse settings that differ from it."""
+    """Write ``run.json`` on the first run; on a rerun over logged samples, refuse settings that differ."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "run.json"
     new = settings.to_json()
-    if path.exists():
+    # a folder without a single record (e.g. a start that failed) holds nothing to mix with: its
+    # run.json is rewritten, so the corrected command runs in the same --out
+    has_records = any(p.stat().st_size > 0 for p in out_dir.glob("*.jsonl"))
+    if path.exists() and has_records:
         old = json.loads(path.read_text())
         diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         if diff:

@@ -17,6 +17,7 @@ word-level tokenizers: "... to 42" + "T1 46" reads "42T1".
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 from .benchmarks import Problem
 from .grading import extract_answer
 from .runlog import AppendLog, Record
-from .runner import GenerateLLM, seed_for, select_problems
+from .runner import GenerateLLM, preflight, seed_for, select_problems
 from .settings import EvalSettings, RunPlan, check_run_settings
 
 TUNNEL_LOG = "tunnel.jsonl"
@@ -76,6 +77,7 @@ def run_tunnel_vision(
 ) -> int:
     """Run (or resume) the experiment into ``out_dir/tunnel.jsonl``; return the number of new records."""
     out = Path(out_dir)
+    preflight(llm, problems, dataclasses.replace(plan, methods=("sequential",), vote=0), settings)
     check_run_settings(out, settings)
     mine = [p for b in plan.benchmarks for p in select_problems(problems[b], plan.limit, plan.shard)]
     name = TUNNEL_LOG if plan.shard[1] == 1 else f"tunnel.shard{plan.shard[0]}of{plan.shard[1]}.jsonl"
@@ -91,7 +93,7 @@ def _sources(llm: GenerateLLM, mine: Sequence[Problem], plan: RunPlan, settings:
     pp = settings.parallel("sequential", 1)
     todo = [(s, pr) for s in range(plan.samples) for pr in mine
             if (pr.benchmark, pr.id, s, 0, "source") not in log.done]
-    for s0 in tqdm(range(0, len(todo), plan.batch_size), desc="tunnel: source paths", disable=not progress):
+    for s0 in tqdm(range(0, len(todo), plan.batch_size), desc="tunnel: source paths", disable=None if progress else True):
         chunk = todo[s0 : s0 + plan.batch_size]
         for s in sorted({s for s, _ in chunk}):
             prs = [pr for t, pr in chunk if t == s]
@@ -117,7 +119,7 @@ def _continuations(llm: GenerateLLM, mine: Sequence[Problem], plan: RunPlan, set
             if pr is not None and (n == 0 or src["num_tokens"] > n) and key not in log.done:
                 jobs[n].append((pr, src))
     total = sum(len(v) for v in jobs.values())
-    bar = tqdm(total=total, desc="tunnel: continuations", disable=not progress)
+    bar = tqdm(total=total, desc="tunnel: continuations", disable=None if progress else True)
     for n, items in sorted(jobs.items()):
         pp = settings.parallel("sequential", 1)
         pp.max_path_tokens = max(1, pp.max_path_tokens - n)

@@ -47,7 +47,7 @@ def register(subparsers) -> None:  # noqa: ANN001 - argparse's private _SubParse
 
 
 def _fail(e: Exception) -> int:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"parathinker: error: {e}", file=sys.stderr)
     return 2
 
 
@@ -102,6 +102,10 @@ def _data_check(args: argparse.Namespace) -> int:
               f"{over} example(s) over --max-length {args.max_length} will be truncated")
     if errors:
         print(f"{args.file}: {len(errors)} problem(s)", file=sys.stderr)
+        return 1
+    if not records:
+        print(f"parathinker: error: {args.file}: no examples (one JSON object per line: "
+              "prompt, paths, summary, answer; see docs/training.md)", file=sys.stderr)
         return 1
     return 0
 

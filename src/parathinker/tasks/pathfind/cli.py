@@ -9,7 +9,7 @@ import sys
 
 from ...cliutil import add_dataclass_args
 from ...errors import ParaThinkerError
-from .data import DataConfig, load_test, make_data
+from .data import DataConfig, check_predictions, make_data
 from .problem import GenConfig, generate, verify
 from .teacher import summarize, walk
 
@@ -79,16 +79,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Score predictions ``{"id", "answer"}`` (JSONL) against a test.jsonl."""
-    recs = {r["id"]: prob for r, prob in load_test(args.test)}
-    n = ok = 0
-    with open(args.predictions) as f:
-        for line in f:
-            if line.strip():
-                pred = json.loads(line)
-                n += 1
-                ok += verify(recs[pred["id"]], pred.get("answer"))
-    print(json.dumps({"n": n, "correct": ok, "accuracy": ok / max(n, 1)}))
+    """Score predictions ``{"id", "answer"}`` (JSONL) against a test.jsonl (accuracy over all its problems)."""
+    print(json.dumps(check_predictions(args.test, args.predictions)))
     return 0
 
 
@@ -133,5 +125,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ParaThinkerError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"parathinker: error: {e}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...errors import ConfigError
+from ...errors import ConfigError, DataError
 from .problem import GenConfig, Problem, generate, verify
 from .teacher import MAX_TRIES, extract_boxed, summarize, walk
 
@@ -159,12 +159,53 @@ def make_data(out: str | Path, n_train: int, n_test: int, seed: int, gen: GenCon
 def load_test(path: str | Path) -> list[tuple[dict, Problem]]:
     """Records of a test.jsonl with their problems (for ``verify``)."""
     out = []
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                rec = json.loads(line)
-                out.append((rec, Problem.from_json(rec)))
+    for where, rec in _jsonl(path):
+        try:
+            out.append((rec, Problem.from_json(rec)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{where}: not a test.jsonl problem ({type(e).__name__}: {e})") from None
     return out
+
+
+def _jsonl(path: str | Path) -> list[tuple[str, dict]]:
+    """``(file:line, object)`` for each non-blank line; DataError (file:line) on a bad line."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+        out.append((f"{path}:{n}", rec))
+    return out
+
+
+def check_predictions(test_path: str | Path, predictions_path: str | Path) -> dict[str, float | int]:
+    """Score predictions ``{"id", "answer"}`` against a test.jsonl: accuracy over the WHOLE test set
+    (a problem without a prediction counts as wrong; an id predicted twice, or unknown, is an error)."""
+    test = {str(rec.get("id")): prob for rec, prob in load_test(test_path)}
+    if not test:
+        raise DataError(f"{test_path}: no problems")
+    seen: set[str] = set()
+    ok = 0
+    for where, pred in _jsonl(predictions_path):
+        if "id" not in pred:
+            raise DataError(f"{where}: a prediction needs an \"id\" (and an \"answer\")")
+        pid = str(pred["id"])
+        if pid not in test:
+            raise DataError(f"{where}: id {pred['id']!r} is not in {test_path}")
+        if pid in seen:
+            raise DataError(f"{where}: id {pred['id']!r} predicted twice")
+        seen.add(pid)
+        ok += verify(test[pid], pred.get("answer"))
+    return {"n": len(test), "predicted": len(seen), "correct": ok, "accuracy": ok / len(test)}
 
 
 def verify_record(record: dict, answer: str | None) -> bool:
