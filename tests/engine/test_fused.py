@@ -171,7 +171,7 @@ def test_fused_forward_equals_modular(tiny_llama, use_triton):
 
 
 @needs_cpu
-@pytest.mark.parametrize("attention", ["cascade", "triton"])
+@pytest.mark.parametrize("attention", ["cascade", pytest.param("triton", marks=pytest.mark.slow)])  # interpreter: ~12 s
 def test_engine_with_and_without_fused_decode(tiny_qwen2, attention):
     """Scores and sampled generations agree (the fused step is the default; off is the modular forward)."""
     kw = dict(kv_cache_memory=0.05, page_size=4, attention=attention)

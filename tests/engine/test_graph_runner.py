@@ -57,6 +57,25 @@ def test_plan_shares_prompts_and_grows_capacities():
 
 
 @needs_cpu
+def test_static_triton_step_smoke(tiny_qwen2, monkeypatch):
+    """The default suite's one engine-level run of the Triton decode path (interpreted: ~0.5 s a step):
+    3 paths (bucket 4: a padded row), page tables that must grow; the slow tests below go wider."""
+    monkeypatch.setattr(graph_runner, "MIN_TOKENS", 1)
+    cache = dict(kv_cache_memory=0.05, page_size=4)
+    ref = LLM(tiny_qwen2, cache=CacheConfig(attention="reference", **cache))
+    tri = LLM(tiny_qwen2, cache=CacheConfig(attention="triton", **cache))
+    rng = random.Random(7)
+    prompt = [rng.randrange(4, 50) for _ in range(9)]
+    paths = [[rng.randrange(4, 50) for _ in range(n)] for n in (1, 2, 1)]
+    a, b = ref.score(prompt, paths, [7]), tri.score(prompt, paths, [7])
+    diffs = [abs(x - y) for x, y in zip(a.token_logprobs, b.token_logprobs) if x == x]
+    assert len(diffs) >= 6 and max(diffs) <= 1e-4
+    dec = tri.engine.runner.decoder
+    assert 4 in dec.states and max(st.caps.p1 for st in dec.states.values()) >= 3  # grew from 1-page tables
+
+
+@pytest.mark.slow
+@needs_cpu
 def test_static_padded_path_scores_like_reference(tiny_qwen2, monkeypatch):
     """Teacher-forced scoring of 1, 3 and 5 paths (buckets 1, 4, 8: padded rows), page tables that grow."""
     monkeypatch.setattr(graph_runner, "MIN_TOKENS", 1)  # start with 1-page tables: every run re-grows them
@@ -77,6 +96,7 @@ def test_static_padded_path_scores_like_reference(tiny_qwen2, monkeypatch):
     assert max(st.caps.p1 for st in dec.states.values()) >= 4  # grew past the first 1-page tables
 
 
+@pytest.mark.slow  # Triton's interpreter: ~20 s
 @needs_cpu
 def test_static_path_generation_with_split_shared_prompts(tiny_llama, monkeypatch):
     """Two majority requests x 5 greedy samples (10 rows, bucket 16), each prompt in 3 shared lists."""

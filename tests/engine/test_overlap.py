@@ -21,8 +21,10 @@ from parathinker.engine import sampler  # noqa: E402
 
 
 # the static (CUDA-graph) decode path in Triton's interpreter is slow: two of the requests there
-@pytest.mark.parametrize(("attention", "which"), [("cascade", slice(None)), ("reference", slice(None)),
-                                                  ("triton", slice(0, 3, 2))])
+@pytest.mark.parametrize(("attention", "which"), [
+    ("cascade", slice(None)), ("reference", slice(None)),
+    pytest.param("triton", slice(0, 3, 2), marks=pytest.mark.slow),  # Triton's interpreter: ~25 s
+])
 def test_overlap_gives_the_synchronous_tokens(tiny_qwen2, attention, which):
     llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4, attention=attention))
     sync = run_mixed(llm, False, which)

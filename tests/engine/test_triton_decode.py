@@ -75,6 +75,7 @@ def test_cascade_page_lists_equal_plain_attention(kv_heads, heads, page_size, sp
     assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
 
 
+@pytest.mark.slow  # Triton's interpreter: ~25 s (test_graph_runner's smoke test runs the path by default)
 def test_engine_with_triton_decode_equals_reference(tiny_qwen2):
     """Scoring runs every path and summary token as a decode step: the kernel backend must match."""
     if torch.cuda.is_available():

@@ -37,11 +37,15 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor |
     T, S = q.shape[2], k.shape[2]
     is_causal = causal and T == S
     gqa = k.shape[1] != q.shape[1]
-    if causal and T != S:
+    if causal and T != S and q.device.type == "cpu":
+        # what CausalBias does on the CPU anyway (materialise the mask), without importing it:
+        # torch.nn.attention.bias imports torch._dynamo, ~1.5 s of every CLI start-up
+        bias = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    elif causal and T != S:
         from torch.nn.attention.bias import causal_lower_right
 
         bias = causal_lower_right(T, S)
-        if gqa and q.device.type != "cpu":  # CausalBias hands GPU kernels k/v as given: same head count there
+        if gqa:  # CausalBias hands GPU kernels k/v as given: same head count there
             k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
             gqa = False
     elif bias is not None:

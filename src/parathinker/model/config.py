@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,44 @@ def read_config_json(model_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{cfg_file}: unreadable ({e})") from None
 
 
+# config.json keys the decoder's shape is read from without transformers (its config classes cost
+# ~1 s of import); a config.json lacking one is parsed by transformers, which knows the defaults
+_SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "rms_norm_eps", "max_position_embeddings", "tie_word_embeddings")
+
+
+class LazyHFConfig:
+    """A checkpoint's transformers config, parsed on first use (saving, RoPE scaling types other than
+    the default); attribute reads go to it."""
+
+    def __init__(self, path: Path, raw: dict[str, Any]):
+        self.path, self.raw = path, raw
+        self._cfg: Any = None
+
+    def get(self) -> Any:
+        if self._cfg is None:
+            self._cfg = _auto_config(self.path)
+        return self._cfg
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.get(), name)
+
+
+def _auto_config(path: Path) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except Exception as e:  # transformers raises many types for broken configs
+        raise CheckpointError(f"cannot parse {path / 'config.json'}: {e}") from None
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The decoder's shape. ``hf`` keeps the transformers config (RoPE scaling is computed from it)."""
+    """The decoder's shape. ``hf`` keeps the transformers config (or a ``LazyHFConfig``: use
+    ``hf_config()``); RoPE scaling other than the default is computed from it."""
 
     model_type: str
     vocab_size: int
@@ -64,7 +100,9 @@ class ModelConfig:
         act = getattr(hf, "hidden_act", "silu")
         if act not in ("silu", "swish"):
             raise CheckpointError(f"unsupported activation {act!r} (only silu)")
-        dtype = getattr(hf, "dtype", None) or getattr(hf, "torch_dtype", None) or "float32"
+        # transformers 5 names it dtype (reading torch_dtype from its config warns: deprecated)
+        dtype = getattr(hf, "dtype", None) or (hf.__dict__.get("torch_dtype") if hasattr(hf, "__dict__") else None)
+        dtype = dtype or "float32"
         ms = max_segments if max_segments is not None else int(getattr(hf, "max_segments", 0) or 0)
         return cls(
             model_type=mt,
@@ -90,18 +128,34 @@ class ModelConfig:
     @classmethod
     def from_dir(cls, path: str | Path) -> ModelConfig:
         """Read ``config.json`` of a checkpoint directory; errors say what is missing."""
-        from transformers import AutoConfig
-
         path = Path(path)
-        cfg_file = path / "config.json"
         raw = read_config_json(path)
         if raw.get("model_type") not in SUPPORTED_MODEL_TYPES:
             cls.from_hf(type("C", (), {"model_type": raw.get("model_type")})())  # raises the clear error
-        try:
-            hf = AutoConfig.from_pretrained(str(path))
-        except Exception as e:  # transformers raises many types for broken configs
-            raise CheckpointError(f"cannot parse {cfg_file}: {e}") from None
-        return cls.from_hf(hf, max_segments=int(raw.get("max_segments", 0) or 0))
+        ms = int(raw.get("max_segments", 0) or 0)
+        if all(k in raw for k in _SHAPE_KEYS) and (raw["model_type"] == "qwen2" or "attention_bias" in raw):
+            try:
+                return dataclasses.replace(cls.from_hf(_Raw(raw), max_segments=ms), hf=LazyHFConfig(path, raw))
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"cannot parse {path / 'config.json'}: {e}") from None
+        return cls.from_hf(_auto_config(path), max_segments=ms)
+
+    def hf_config(self) -> Any:
+        """The transformers config (parsed now if it was deferred)."""
+        return self.hf.get() if isinstance(self.hf, LazyHFConfig) else self.hf
+
+    def rope(self) -> tuple[str, float]:
+        """(rope type, theta), from config.json itself when it has no scaling (no transformers needed)."""
+        raw = self.hf.raw if isinstance(self.hf, LazyHFConfig) else None
+        if raw is not None:
+            params = raw.get("rope_parameters") or {}
+            plain = set(params) <= {"rope_theta", "rope_type"} and params.get("rope_type", "default") == "default"
+            if plain and not raw.get("rope_scaling"):
+                return "default", float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+        hf = self.hf_config()
+        params = getattr(hf, "rope_parameters", None) or {}
+        theta = params.get("rope_theta", getattr(hf, "rope_theta", 10000.0))
+        return params.get("rope_type", "default"), float(theta)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -109,6 +163,13 @@ class ModelConfig:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim
 
     def to_hf_dict(self) -> dict[str, Any]:
-        d = self.hf.to_dict()
+        d = self.hf_config().to_dict()
         d["max_segments"] = self.max_segments
         return d
+
+
+class _Raw:
+    """config.json's keys as attributes (what ``from_hf`` reads), for the transformers-free path."""
+
+    def __init__(self, raw: dict[str, Any]):
+        self.__dict__.update(raw)

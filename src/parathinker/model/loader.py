@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -74,7 +75,7 @@ def load_model(
 
     seg_key = "model.layers.0.self_attn.seg_embeddings.weight"
     if seg_key in state and state[seg_key].shape[0] != cfg.max_segments:
-        cfg = ModelConfig.from_hf(cfg.hf, max_segments=state[seg_key].shape[0])
+        cfg = dataclasses.replace(cfg, max_segments=state[seg_key].shape[0])
     torch_dtype = resolve_dtype(dtype, cfg, device)
 
     with torch.device("meta"):
@@ -94,7 +95,9 @@ def load_model(
         if k in state and tuple(state[k].shape) != tuple(t.shape):
             raise CheckpointError(f"weight {k} has shape {tuple(state[k].shape)}, config.json implies {tuple(t.shape)}")
 
-    model = model.to_empty(device=device).to(torch_dtype)
+    # = model.to_empty(device): but torch.empty from the shape, not empty_like of a meta tensor (whose
+    # first call imports torch's symbolic-shapes machinery: ~0.5-0.9 s of every start-up)
+    model = model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device)).to(torch_dtype)
     with torch.no_grad():
         params = dict(model.named_parameters(remove_duplicate=False))
         for k, p in params.items():

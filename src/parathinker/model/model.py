@@ -54,18 +54,25 @@ def rotary_frequencies(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
 
 
 def _rotary_frequencies(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    params = getattr(cfg.hf, "rope_parameters", None) or {}
-    rope_type = params.get("rope_type", "default")
+    rope_type, base = cfg.rope()
     if rope_type == "default":
-        base = params.get("rope_theta", getattr(cfg.hf, "rope_theta", 10000.0))
         dim = cfg.head_dim
         return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)), 1.0
     if rope_type == "dynamic":
         raise NotImplementedError("dynamic RoPE scaling is not supported")
-    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](cfg.hf, "cpu")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](cfg.hf_config(), "cpu")
     return inv_freq.float(), float(scaling)
+
+
+def _embedding(num: int, dim: int) -> nn.Embedding:
+    """``nn.Embedding(num, dim)`` (same init, same random draws), but on the meta device (the loader)
+    no init at all: torch's meta ``normal_`` imports torch._dynamo, 1.5 s of every start-up."""
+    w = torch.empty(num, dim)
+    if w.device.type != "meta":
+        nn.init.normal_(w)
+    return nn.Embedding(num, dim, _weight=w)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +89,7 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, self.kvh * self.hd, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(cfg.hidden_size, self.kvh * self.hd, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.h * self.hd, cfg.hidden_size, bias=cfg.o_bias)
-        self.seg_embeddings = nn.Embedding(cfg.max_segments, self.hd) if cfg.max_segments > 0 else None
+        self.seg_embeddings = _embedding(cfg.max_segments, self.hd) if cfg.max_segments > 0 else None
 
     def forward(
         self,
@@ -133,7 +140,7 @@ class DecoderLayer(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = _embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.gradient_checkpointing = False
