@@ -151,6 +151,47 @@ def test_resume_reproduces_the_uninterrupted_run(prepared_qwen, tmp_path):
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     print("resume: max |loss diff|", max(abs(la[s] - lb[s]) for s in la), "max |weight diff|", worst)
     assert worst <= 1e-5, worst
+    # one row per step (the replayed steps' rows of the killed process are gone); the summary's
+    # train_loss is the whole run's mean logged loss
+    rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == list(range(1, 7))
+    (summary,) = [r for r in rows if "train_runtime" in r]
+    assert summary["train_loss"] == pytest.approx(sum(lb.values()) / 6)
+    # resuming the finished run changes nothing
+    before = (tmp_path / "b" / "metrics.jsonl").read_bytes(), (tmp_path / "b" / "model.safetensors").read_bytes()
+    train(prepared_qwen, toy_data, tmp_path / "b", cfg, pack, resume=True)
+    after = (tmp_path / "b" / "metrics.jsonl").read_bytes(), (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert after == before
+
+
+def test_cli_resume_of_a_finished_run_says_so_and_sigint_says_interrupted(prepared_qwen, toy_data, tmp_path):
+    import signal
+    import time
+
+    base = [sys.executable, "-m", "parathinker", "train", "--model", str(prepared_qwen), "--data", str(toy_data),
+            "--global-batch-size", "4", "--per-device-batch-size", "2", "--lr", "1e-3",
+            "--no-gradient-checkpointing", "--logging-steps", "1", "--max-length", "512"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*base, "--output", str(tmp_path / "a"), "--max-steps", "2", "--save-steps", "2"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    weights = (tmp_path / "a" / "model.safetensors").read_bytes()
+    again = subprocess.run([*base, "--output", str(tmp_path / "a"), "--max-steps", "2", "--save-steps", "2",
+                            "--resume"], capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr[-2000:]
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == weights
+    # Ctrl-C during training: one line that says so, exit 130
+    proc = subprocess.Popen([*base, "--output", str(tmp_path / "b"), "--max-steps", "10000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().strip()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "parathinker: interrupted" in err, err[-2000:]
+    assert "Traceback" not in err
 
 
 def test_ablation_flags_train(prepared_qwen, toy_data, tmp_path):

@@ -111,15 +111,24 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .trainer import train
+    from .trainer import finished_run, train
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = dataclass_from_args(TrainConfig, args)
         pack = dataclass_from_args(PackConfig, args)
+        done = finished_run(Path(args.output), cfg, pack) if args.resume else None
+        if done is not None:
+            print(f"{args.output}: this run finished at step {done} with these settings; --resume has nothing "
+                  "to do (the model is unchanged; raise --max-steps or --epochs to train further)")
+            return 0
         out = train(args.model, args.data, args.output, cfg, pack, resume=args.resume)
     except ParaThinkerError as e:
         return _fail(e)
+    except KeyboardInterrupt:
+        print(f"parathinker: interrupted; continue with the same command plus --resume "
+              f"(checkpoints in {args.output})", file=sys.stderr)
+        return 130
     print(f"trained model: {out}")
     return 0
 

@@ -151,17 +151,62 @@ class ParaThinkerTrainer(Trainer):
 
 
 class MetricsLog(TrainerCallback):
-    """Appends every log record (loss, lr, grad norm, counters, time) to ``metrics.jsonl``."""
+    """Appends every log record (loss, lr, grad norm, counters, time) to ``metrics.jsonl``.
 
-    def __init__(self, path: Path):
+    On a resume from step N the rows of steps after N (replayed now) are dropped first, so each
+    step has one row. The end-of-run summary's ``train_loss`` is the mean logged loss of the whole
+    run (Trainer's own counts only this process's steps: 0 after a resume with nothing left to do).
+    Added before the progress bar, which then prints the corrected summary.
+    """
+
+    def __init__(self, path: Path, resumed_step: int | None = None, is_main: bool = True):
         self.path = path
         self.t0 = time.time()
+        if resumed_step is not None and is_main and path.is_file():
+            keep = [line for line in path.read_text().splitlines()
+                    if line.strip() and _row_step(line) is not None and _row_step(line) <= resumed_step]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-        if state.is_world_process_zero and logs:
-            rec = {"step": state.global_step, "epoch": state.epoch, "time_s": round(time.time() - self.t0, 3), **logs}
-            with self.path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
+        if not (state.is_world_process_zero and logs):
+            return
+        if "train_loss" in logs:
+            losses = [r["loss"] for r in self._rows() if "loss" in r]
+            if losses:
+                logs["train_loss"] = sum(losses) / len(losses)
+            else:
+                logs.pop("train_loss")
+        rec = {"step": state.global_step, "epoch": state.epoch, "time_s": round(time.time() - self.t0, 3), **logs}
+        with self.path.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def _rows(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def _row_step(line: str) -> int | None:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None  # a row cut by a kill
+    return None if "train_runtime" in rec else int(rec.get("step", 0))
+
+
+def finished_run(output_dir: Path, cfg: TrainConfig, pack_cfg: PackConfig) -> int | None:
+    """The final step of a run in ``output_dir`` that finished with these settings, else None."""
+    f = output_dir / "parathinker_train.json"
+    try:
+        run = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    same = run.get("train") == json.loads(json.dumps(asdict(cfg))) and run.get("pack") == json.loads(
+        json.dumps(asdict(pack_cfg)))
+    done = run.get("finished_step")
+    return int(done) if same and done is not None and (output_dir / "model.safetensors").is_file() else None
 
 
 class StopAtStep(TrainerCallback):
@@ -245,6 +290,10 @@ def train(
     read_config(model_dir)
     _check_writable(output_dir)
     resume_from = resolve_resume(output_dir, resume)
+    if resume_from is not None and (done := finished_run(output_dir, cfg, pack_cfg)) is not None:
+        log.info("%s finished at step %d with these settings: --resume has nothing to do "
+                 "(raise --max-steps or --epochs to train further)", output_dir, done)
+        return output_dir
     world = int(os.environ.get("WORLD_SIZE", "1"))
     grad_acc = cfg.accumulation(world)
     bf16 = cfg.bf16 if cfg.bf16 is not None else bool(cuda and torch.cuda.is_bf16_supported())
@@ -306,8 +355,9 @@ def train(
         tokenizer=tokenizer, model_dir=str(model_dir),
     )
     trainer.remove_callback(ProgressCallback)
+    resumed_step = _checkpoint_step(resume_from) if resume_from else None
+    trainer.add_callback(MetricsLog(output_dir / "metrics.jsonl", resumed_step, trainer.args.should_save))
     trainer.add_callback(LossBar())
-    trainer.add_callback(MetricsLog(output_dir / "metrics.jsonl"))
     if cfg.stop_step:
         trainer.add_callback(StopAtStep(cfg.stop_step))
     for cb in callbacks:
@@ -315,10 +365,25 @@ def train(
     if trainer.args.should_save:
         run = {"model": str(model_dir), "data": str(data_file), "world_size": world, "grad_accumulation": grad_acc,
                "bf16": bf16, "attn_impl": attn_impl, "train": asdict(cfg), "pack": asdict(pack_cfg), "examples": len(dataset),
-               "skipped_examples": dataset.skipped_ids, "over_length_examples": dataset.over_length}
+               "skipped_examples": dataset.skipped_ids, "over_length_examples": dataset.over_length,
+               "finished_step": None}  # set once the final model is written
         (output_dir / "parathinker_train.json").write_text(json.dumps(run, indent=2) + "\n")
     log.info("training on %d examples, %d process(es), global batch %d = %d x %d x %d accumulation",
              len(dataset), world, cfg.global_batch_size, cfg.per_device_batch_size, world, grad_acc)
+    run_file = output_dir / "parathinker_train.json"
     trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model(str(output_dir))
+    if trainer.args.should_save:  # after the final model is written: a finished run (a --resume is a no-op)
+        run = {**json.loads(run_file.read_text()), "finished_step": trainer.state.global_step}
+        run_file.write_text(json.dumps(run, indent=2) + "\n")
     return output_dir
+
+
+def _checkpoint_step(checkpoint: str) -> int | None:
+    """Global step of a Trainer checkpoint (its trainer_state.json, else the N of checkpoint-N)."""
+    state = Path(checkpoint) / "trainer_state.json"
+    try:
+        return int(json.loads(state.read_text())["global_step"])
+    except (OSError, ValueError, KeyError):
+        tail = Path(checkpoint).name.rpartition("-")[2]
+        return int(tail) if tail.isdigit() else None
