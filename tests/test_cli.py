@@ -75,3 +75,62 @@ def test_unsupported_architecture_and_missing_control_tokens(tmp_path, tiny_qwen
     # plain modes still work on such a model
     assert main(["generate", "what", "--model", str(plain), "--raw", "--kv-cache-memory", "0.05",
                  "--max-path-tokens", "4", "--mode", "majority", "--paths", "3"]) == 0
+
+
+def test_first_hour_errors_are_one_line(tmp_path, capsys):
+    """What a new user hit (issue 14): each is one `parathinker: error:` line and a non-zero exit."""
+    from parathinker.eval.benchmarks import pathfind_default
+
+    def err_of(argv):
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc != 0 and err.startswith("parathinker: error:") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+        return err
+
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "q", "--threads", "zero"])
+    assert e.value.code == 2 and "--threads: must be a number of threads or auto" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "no examples" in err_of(["data", "check", str(empty)])
+    # task check: unknown id, malformed line; accuracy over the whole test set
+    test = tmp_path / "test.jsonl"
+    probs = pathfind_default(5)
+    test.write_text("".join(json.dumps({"id": p.id, **p.record}) + "\n" for p in probs))
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text(json.dumps({"id": "nope", "answer": "1 2"}) + "\n")
+    assert "preds.jsonl:1: id 'nope' is not in" in err_of(["task", "check", "--test", str(test), "--predictions", str(preds)])
+    preds.write_text("{not json\n")
+    assert "preds.jsonl:1: not valid JSON" in err_of(["task", "check", "--test", str(test), "--predictions", str(preds)])
+    right = {"id": probs[0].id, "answer": probs[0].answer}
+    preds.write_text(json.dumps(right) + "\n" + json.dumps(right) + "\n")
+    assert "predicted twice" in err_of(["task", "check", "--test", str(test), "--predictions", str(preds)])
+    preds.write_text(json.dumps(right) + "\n")
+    assert main(["task", "check", "--test", str(test), "--predictions", str(preds)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 5 and res["correct"] == 1 and res["accuracy"] == 0.2
+
+
+def test_eval_help_and_threads(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "pathfind" in out.rsplit("--benchmark BENCHMARK", 1)[1][:300] and "--threads THREADS" in out
+
+
+def test_score_with_control_tokens_in_a_body_is_a_clear_error():
+    from parathinker import LLM
+    from parathinker.errors import ConfigError
+
+    llm = LLM(None, threads="auto")
+    c = llm.control
+    with pytest.raises(ConfigError, match=r"path 2 contains the control token '</think1>'"):
+        llm.score([5, 6, 7], [[10, 11], [10, c.think_close[0]]], [12])
+
+
+def test_a_prompt_the_model_cannot_read_warns():
+    r = _run("generate", "What is the capital of France?", "--seed", "0", "--paths", "2")
+    assert r.returncode == 0, r.stderr
+    assert "parathinker: warning: a prompt has words unknown to this model's vocabulary" in r.stderr
+    assert "Traceback" not in r.stderr and "\r" not in r.stderr  # no progress bar in a log

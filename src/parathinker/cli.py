@@ -95,7 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    return f"parathinker: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _format_warning  # one line, like the errors (no source line, no path)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

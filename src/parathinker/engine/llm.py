@@ -64,6 +64,9 @@ class LLM:
         self.model = load_model(path, dtype=dtype, device=device)
         _set_threads(threads, self.model)
         self.tokenizer = load_tokenizer(path)
+        # the engine checks every request against the model's context with a clear error; the
+        # tokenizer's own length warning (its model_max_length, not the model's) only misleads
+        self.tokenizer.model_max_length = int(1e30)
         self.style = prompt_style or PromptStyle.from_checkpoint(path)
         eos = _eos_ids(path, self.tokenizer)
         try:
@@ -78,7 +81,9 @@ class LLM:
         return format_prompt(self.tokenizer, question, self.style, raw)
 
     def encode_prompt(self, question: str, raw: bool = False) -> list[int]:
-        return encode_prompt(self.tokenizer, question, self.style, raw)
+        ids = encode_prompt(self.tokenizer, question, self.style, raw)
+        _warn_unknown(self.tokenizer, question, ids)
+        return ids
 
     def default_params(self) -> tuple[ParallelParams, SamplingParams]:
         """The checkpoint's defaults (``parathinker.json``) over the library's."""
@@ -209,6 +214,14 @@ class LLM:
         prompt_ids = self.encode_prompt(prompt, raw) if isinstance(prompt, str) else list(prompt)
         bodies = [self._encode_text(p) if isinstance(p, str) else list(p) for p in paths]
         summary_ids = self._encode_text(summary) if isinstance(summary, str) else list(summary)
+        control = set(c.all_ids)
+        for what, ids in [*((f"path {i}", b) for i, b in enumerate(bodies, 1)), ("the summary", summary_ids)]:
+            bad = next((t for t in ids if t in control), None)
+            if bad is not None:
+                raise ConfigError(
+                    f"{what} contains the control token {self.tokenizer.convert_ids_to_tokens(bad)!r} (id {bad}): "
+                    "give path and summary bodies without <thinkN>/</thinkN>/<summary>/</summary> (score adds them)"
+                )
         parallel = self._resolve(parallel, None)[0]  # the checkpoint's layout ablations, unless set
         parallel = replace(parallel, num_paths=len(bodies), termination="last", summary_prefix="")
         packed = pack(prompt_ids, bodies, summary_ids, c, config=parallel.layout)
@@ -265,6 +278,20 @@ def _set_threads(threads: int | str | None, model: torch.nn.Module) -> None:
     if n < 1:
         raise ConfigError(f"threads must be a number >= 1 or 'auto', got {threads!r}")
     torch.set_num_threads(n)
+
+
+def _warn_unknown(tokenizer: Any, prompt: object, ids: Sequence[int]) -> None:
+    """A prompt the vocabulary cannot spell (a task model given free text) is answered blindly: say so."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and unk in ids:
+        import warnings
+
+        warnings.warn(  # one message text: shown once however many prompts have it
+            f"a prompt has words unknown to this model's vocabulary (read as {tokenizer.unk_token}): "
+            "the model cannot read it as written and its answer means little (the bundled model knows "
+            "only its path-finding task: `parathinker task sample` prints a problem)",
+            stacklevel=3,
+        )
 
 
 def _is_token_ids(p: object) -> bool:
