@@ -125,8 +125,9 @@ def test_score_with_control_tokens_in_a_body_is_a_clear_error():
 
     llm = LLM(None, threads="auto")
     c = llm.control
+    plain = [t for t in range(len(llm.tokenizer)) if t not in set(c.all_ids)][5:10]
     with pytest.raises(ConfigError, match=r"path 2 contains the control token '</think1>'"):
-        llm.score([5, 6, 7], [[10, 11], [10, c.think_close[0]]], [12])
+        llm.score(plain[:3], [plain[3:], [plain[3], c.think_close[0]]], [plain[4]])
 
 
 def test_a_prompt_the_model_cannot_read_warns():
