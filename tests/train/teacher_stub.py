@@ -9,6 +9,7 @@ succeed. A watchdog stops the server after ``lifetime`` seconds whatever the tes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -165,10 +166,8 @@ class Stub:
                 stub.requests[status] += 1
                 if wait:
                     time.sleep(wait)
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
                     self._send(status, obj)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
-                    pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

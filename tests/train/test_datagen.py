@@ -191,3 +191,46 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="temperature"):
         run(Stub(cases()[:1]), tmp_path, temperature=0.3)
+
+
+def test_cli_output_checks_and_trains(tmp_path, prepared_qwen, capsys):
+    """`data generate` (the CLI) -> `data check --model` -> `train --max-steps 2`: the data is usable as is."""
+    from parathinker.cli import main
+
+    stub = Stub(cases())
+    url = stub.start()
+    out = tmp_path / "gen.jsonl"
+    try:
+        rc = main(["data", "generate", "--base-url", url, "--problems", str(write_problems(tmp_path / "p.jsonl", stub.cases)),
+                   "--model", MODEL, "--out", str(out), "--paths", str(P), "--timeout", "0.5", "--backoff", "0.01",
+                   "--max-retries", "2", "--grade-workers", "0", "--tokenizer", str(prepared_qwen)])
+    finally:
+        stub.stop()
+    text = capsys.readouterr()
+    assert rc == 0, text.err
+    assert "problems in" in text.out and "path length (tokens)" in text.out and "6 examples" in text.out
+    assert "rerun the same command" in text.err  # "down" failed for good
+    assert main(["data", "check", str(out), "--model", str(prepared_qwen)]) == 0
+    assert "6 valid examples" in capsys.readouterr().out
+    rc = main(["train", "--model", str(prepared_qwen), "--data", str(out), "--output", str(tmp_path / "run"),
+               "--max-steps", "2", "--epochs", "0", "--global-batch-size", "2", "--per-device-batch-size", "2",
+               "--no-gradient-checkpointing", "--save-steps", "100", "--max-length", "512"])
+    assert rc == 0
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(x)]
+    assert len(losses) == 2 and all(v == v and v > 0 for v in losses)
+
+
+def test_cli_bad_options_are_one_line(tmp_path, capsys):
+    from parathinker.cli import main
+
+    p = write_problems(tmp_path / "p.jsonl", cases()[:1])
+    base = ["data", "generate", "--problems", str(p), "--model", MODEL, "--out", str(tmp_path / "o.jsonl")]
+    for extra, msg in ([[], "give --base-url"],
+                       [["--base-url", "http://127.0.0.1:9/v1", "--extra-body", "{bad"], "--extra-body is not valid JSON"],
+                       [["--base-url", "http://127.0.0.1:9/v1", "--min-correct", "9"], "--min-correct must be in 0..--paths"],
+                       [["--base-url", "127.0.0.1:9"], "give an http(s) URL"],
+                       [["--base-url", "http://127.0.0.1:9/v1", "--max-retries", "0"], "cannot reach the teacher"]):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and "\n" not in err and "Traceback" not in err
