@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import threading
 import time
 from collections import Counter
@@ -192,7 +191,3 @@ def _completion(choices: list[tuple[dict, str]], completion_tokens: int) -> dict
         "usage": {"prompt_tokens": 10, "completion_tokens": completion_tokens, "total_tokens": 10 + completion_tokens},
     }
 
-
-def problem_of(messages: list[dict]) -> str:
-    """The problem text inside a teacher request (tests read it back)."""
-    return re.split(r"\n\nPlease reason", messages[-1]["content"])[0]

@@ -234,3 +234,28 @@ def test_cli_bad_options_are_one_line(tmp_path, capsys):
         assert main(base + extra) == 2
         err = capsys.readouterr().err.strip()
         assert msg in err and "\n" not in err and "Traceback" not in err
+
+
+def test_pathfind_problems_are_graded_by_the_task(tmp_path):
+    """A pathfind test.jsonl works as is: its prompt is the problem, routes are checked by the task's verifier."""
+    from parathinker.eval.benchmarks import pathfind_default
+    from parathinker.tasks.pathfind.teacher import boxed
+
+    recs = [p.record for p in pathfind_default(3)]
+    problems = tmp_path / "test.jsonl"
+    problems.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cs = [Case(r["id"], r["prompt"], r["answer"], ["right", "wrong", "right", "wrong"], wrong=r["goal"]) for r in recs]
+    cs[2].slots = ["wrong"] * 4
+    stub = Stub(cs)
+    url = stub.start()
+    try:
+        cfg = DataGenConfig(problems=str(problems), model=MODEL, out=str(tmp_path / "pf.jsonl"), base_urls=(url,),
+                            paths=P, grade_workers=0, instruction="")
+        _, man = generate(cfg, progress=False)
+    finally:
+        stub.stop()
+    assert man["counts"]["kept"] == 2 and man["counts"]["paths_correct"] == 4
+    assert man["counts"]["dropped"] == {"too few correct": 1}
+    records, errors = check_file(cfg.out)
+    assert errors == [] and [r.prompt for r in records] == [r["prompt"] for r in recs[:2]]
+    assert records[0].summary.endswith(boxed(recs[0]["answer"]))

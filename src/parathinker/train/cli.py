@@ -12,7 +12,7 @@ from ..cliutil import add_dataclass_args, dataclass_from_args
 from ..errors import ParaThinkerError
 from .collate import PackConfig
 from .config import TrainConfig
-from .datagen import DataGenConfig
+from .datagen_config import DataGenConfig
 
 
 def register(subparsers) -> None:  # noqa: ANN001 - argparse's private _SubParsersAction

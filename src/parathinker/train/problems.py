@@ -5,7 +5,9 @@ Rows are plain dicts; field names are configurable. A problem's id is its id fie
 has one, else ``p-`` + the first 16 hex digits of the SHA-256 of its whitespace-normalised text
 (stable across runs and machines). Rows without a problem text or an answer are not errors:
 they are counted as dropped (a large hub dataset always has a few); a field missing from every
-row is an error (the field name is wrong).
+row is an error (the field name is wrong). Lines of a pathfind ``test.jsonl`` (the project's
+task, ``parathinker task make-data``) are recognised by their fields: their ``prompt`` is the
+problem and they are graded by the task's verifier (any valid route is right).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
+from ..eval.benchmarks import is_pathfind_record
 from ..eval.grading import gold_to_str
 
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -36,6 +39,8 @@ class SourceProblem:
     answer: str
     where: str
     invalid: str | None = None
+    grader: str = "math"  # "math" (math-verify against answer) | "pathfind" (the task's verifier over record)
+    record: dict | None = None
 
 
 def text_id(text: str) -> str:
@@ -142,8 +147,11 @@ def load_problems(
             break
         if not isinstance(row, Mapping):
             raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
+        pathfind = is_pathfind_record(row)  # a pathfind test.jsonl line: its prompt, graded by the task
         fields_seen.update(row)
-        text = row.get(problem_field)
+        if pathfind:
+            fields_seen.add(problem_field)
+        text = row.get("prompt" if pathfind else problem_field)
         text = text if isinstance(text, str) else ""
         answer = _answer(row.get(answer_field))
         given = row.get(id_field) if id_field else None
@@ -158,7 +166,8 @@ def load_problems(
                                 "fix the ids or give --id-field '' to use hashes of the text")
             invalid = "duplicate problem"
             pid = f"{pid}#dup{len(out)}"  # kept apart from the first, never written
-        p = SourceProblem(pid, text, answer or "", where, invalid)
+        p = SourceProblem(pid, text, answer or "", where, invalid,
+                          "pathfind" if pathfind else "math", dict(row) if pathfind else None)
         first.setdefault(pid, p)
         out.append(p)
     if not out:
