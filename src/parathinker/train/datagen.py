@@ -21,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -155,9 +158,18 @@ class Generator:
             self._params["extra_body"] = cfg.extra()
 
     async def _off_loop(self, fn: Any, *args: Any) -> Any:
-        if self._executor is None:
-            return await asyncio.to_thread(fn, *args)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        if self._executor is not None:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            except BrokenProcessPool:  # e.g. a __main__ the workers cannot import (stdin, some notebooks)
+                if self._executor is not None:
+                    warnings.warn("grading processes could not start; grading in threads (no math-verify timeouts)",
+                                  stacklevel=2)
+                    self._executor.shutdown(wait=False, cancel_futures=True)
+                    self._executor = None
+        # in threads math-verify has no timeouts and warns so on every call: said once (config / warning above)
+        logging.getLogger("math_verify").setLevel(logging.ERROR)
+        return await asyncio.to_thread(fn, *args)
 
     async def run(self, progress: bool = True) -> GenStats:
         """Process every problem; then write the output and return the statistics."""
