@@ -22,6 +22,7 @@ pytestmark = [
 ]
 
 BUNDLED = Path(__file__).resolve().parents[2] / "src" / "parathinker" / "assets" / "default"
+TEACHER = BUNDLED.parent / "sequential"
 
 
 def _free_port() -> int:
@@ -43,8 +44,9 @@ def test_serve_as_teacher_then_check_train_generate(tmp_path):
     problems = tmp_path / "test.jsonl"
     problems.write_text("".join(json.dumps(r) + "\n" for r in recs))
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "parathinker", "serve", "--port", str(port), "--threads", "1",
-                               "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    # the teacher: the bundled sequential model (one trace ending in \\boxed{route}, then EOS; 45% right per trace)
+    server = subprocess.Popen([sys.executable, "-m", "parathinker", "serve", "--model", str(TEACHER), "--port", str(port),
+                               "--served-model-name", "pathfind-teacher", "--threads", "1", "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.time() + 180
@@ -58,7 +60,7 @@ def test_serve_as_teacher_then_check_train_generate(tmp_path):
             except OSError:
                 time.sleep(0.5)
         out = tmp_path / "gen.jsonl"
-        gen = _cli("data", "generate", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "parathinker-pathfind",
+        gen = _cli("data", "generate", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "pathfind-teacher",
                    "--problems", str(problems), "--out", str(out), "--paths", "4", "--temperature", "0.8",
                    "--instruction", "", "--extra-body", '{"mode": "sequential"}', "--concurrency", "4",
                    "--tokenizer", str(BUNDLED))
@@ -70,7 +72,7 @@ def test_serve_as_teacher_then_check_train_generate(tmp_path):
     c = man["counts"]
     print(json.dumps(c, indent=1))
     assert c["problems_in"] == 12 and c["dropped"].get("request failed", 0) == 0
-    assert c["kept"] >= 9 and c["correct_path_rate"] >= 0.6  # the bundled model solves most pathfind problems
+    assert c["kept"] >= 8 and c["correct_path_rate"] >= 0.3  # 45% per trace: most problems get a right one in 4
     check = _cli("data", "check", str(out), "--model", str(BUNDLED))
     assert check.returncode == 0, check.stdout + check.stderr
     run = tmp_path / "run"
