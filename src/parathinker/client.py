@@ -15,7 +15,10 @@ cover, so a caller can log each one at once.
 Reasoning is read from the message's ``reasoning_content`` (vLLM, DeepSeek) or ``reasoning``
 (newer vLLM, OpenRouter) field, else from a ``<think>...</think>`` block in ``content``
 (also a bare ``...</think>`` when the chat template opened the block, and an unclosed
-``<think>...`` when the answer was cut off). This module imports nothing from the engine.
+``<think>...`` when the answer was cut off). Non-standard fields a server adds to the message
+(``parathinker serve``: ``answer``, ``paths``, ``votes``) are kept in ``Completion.extra``, and
+its ParaThinker request fields (``num_paths``, ``termination``, ``mode``, budgets) go in
+``extra_body``: what remote evaluation needs. This module imports nothing from the engine.
 """
 
 from __future__ import annotations
