@@ -19,7 +19,8 @@ from parathinker.engine.params import resolve, set_fields
 from parathinker.errors import PromptTooLongError
 
 CKPT = json.loads((default_model_dir() / "parathinker.json").read_text())
-Q = "graph : 1 > 2 , 2 > 3 , 1 > 4 ; find path 1 to 3"
+Q = ("graph : 19 > 72 , 73 > 48 , 77 > 49 , 96 > 98 , 52 > 73 , 52 > 77 , 19 > 26 , 62 > 96 , 77 > 62 , "
+     "35 > 45 , 93 > 10 , 48 > 57 , 49 > 51 , 48 > 93 , 52 > 35 , 45 > 19 ; find path 52 to 57")  # the README's
 
 
 def test_checkpoint_file_is_what_these_tests_assume() -> None:
