@@ -135,3 +135,19 @@ def test_a_prompt_the_model_cannot_read_warns():
     assert r.returncode == 0, r.stderr
     assert "parathinker: warning: a prompt has words unknown to this model's vocabulary" in r.stderr
     assert "Traceback" not in r.stderr and "\r" not in r.stderr  # no progress bar in a log
+
+
+def test_progress_bar_ends_full():
+    """First-Finish leaves most of the budget unused: the bar still ends at 100%, not 76%."""
+    import contextlib
+    import io
+
+    from parathinker import LLM
+
+    q = ("graph : 19 > 72 , 73 > 48 , 77 > 49 , 96 > 98 , 52 > 73 , 52 > 77 , 19 > 26 , 62 > 96 , 77 > 62 , "
+         "35 > 45 , 93 > 10 , 48 > 57 , 49 > 51 , 48 > 93 , 52 > 35 , 45 > 19 ; find path 52 to 57")
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        (out,) = LLM(None, threads="auto").generate(q, progress=True)
+    frames = [f for f in buf.getvalue().split("\r") if "%|" in f]
+    assert max(p.num_tokens for p in out.paths) < 128 and frames[-1].split("%")[0].endswith("100")

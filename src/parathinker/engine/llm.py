@@ -186,7 +186,10 @@ class LLM:
                         done = parallel.max_path_tokens + len(r.summary.body)
                     bar.update(max(0, done - bar.n))
 
-            return self.engine.run([spec], on_step=step)
+            reqs = self.engine.run([spec], on_step=step)
+            bar.update(bar.total - bar.n)  # done: unused budget (First-Finish, an early summary end) is not left at 76%
+            bar.refresh()
+            return reqs
 
     # ------------------------------------------------------------------ score
     def score(
