@@ -75,6 +75,16 @@ def test_unsupported_architecture_and_missing_control_tokens(tmp_path, tiny_qwen
     # plain modes still work on such a model
     assert main(["generate", "what", "--model", str(plain), "--raw", "--kv-cache-memory", "0.05",
                  "--max-path-tokens", "4", "--mode", "majority", "--paths", "3"]) == 0
+    capsys.readouterr()
+    # eval with the default methods fails on parathinker before running sequential and majority
+    bench = tmp_path / "b.jsonl"
+    bench.write_text(json.dumps({"problem": "what", "answer": "1"}) + "\n")
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", str(plain), "--benchmark", str(bench), "--out", str(out), "--paths", "2",
+                 "--max-path-tokens", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("parathinker: error: --method parathinker --paths 2:") and "--method sequential" in err
+    assert not any(p.stat().st_size for p in out.glob("*.jsonl"))  # not one sample was spent
 
 
 def test_first_hour_errors_are_one_line(tmp_path, capsys):

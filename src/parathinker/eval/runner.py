@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from ..engine.params import ParallelParams, SamplingParams
-from ..errors import ParaThinkerError
+from ..errors import ParaThinkerError, TokenizerError
 from .benchmarks import Problem
 from .grading import Extraction, extract_answer, majority_vote
 from .runlog import AppendLog, Record, read_logs
@@ -216,7 +216,8 @@ def preflight(llm: GenerateLLM, problems: dict[str, list[Problem]], plan: RunPla
             try:
                 check(prompt, pp, settings.sampling(settings.seed))  # type: ignore[misc]
             except ParaThinkerError as e:
-                raise type(e)(f"--method {method} --paths {p}: {e}") from None
+                hint = " (in eval: --method sequential,majority)" if isinstance(e, TokenizerError) else ""
+                raise type(e)(f"--method {method} --paths {p}: {e}{hint}") from None
 
 
 def _drive(
