@@ -13,6 +13,7 @@ Kept apart from the web app so another front (a Ray Serve replica, a test) can d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -162,10 +163,8 @@ class EngineThread:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
         for s in streams:
             if abort:
-                try:
+                with contextlib.suppress(Exception):  # best effort while stopping
                     self.engine.abort(s.request_id)
-                except Exception:  # noqa: BLE001 - best effort while stopping
-                    pass
             by_loop.setdefault(s.loop, []).append((s.queue, EngineDead(message)))
         for loop, items in by_loop.items():
             _post(loop, items)
@@ -181,7 +180,5 @@ def _deliver(items: list[tuple[asyncio.Queue, Any]]) -> None:
 
 
 def _post(loop: asyncio.AbstractEventLoop, items: list[tuple[asyncio.Queue, Any]]) -> None:
-    try:
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
         loop.call_soon_threadsafe(_deliver, items)
-    except RuntimeError:  # the loop is closed: nobody is listening any more
-        pass
