@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import Any
@@ -22,8 +23,22 @@ def _uvicorn_config(app: Any, config: ServeConfig, log_level: str | None = None)
 
 def serve(llm: Any, config: ServeConfig) -> None:
     """Serve until Ctrl-C / SIGTERM: stop taking requests, let in-flight ones finish (up to
-    ``shutdown_timeout_s``), abort the rest, stop the engine thread."""
-    uvicorn.Server(_uvicorn_config(build_app(llm, config), config)).run()
+    ``shutdown_timeout_s``), abort the rest, stop the engine thread, return (exit code 0).
+
+    uvicorn handles the signal, then raises it again once it has shut down; the handlers set
+    here take that second delivery, so a drained server exits normally instead of by the signal.
+    """
+    server = uvicorn.Server(_uvicorn_config(build_app(llm, config), config))
+    if threading.current_thread() is not threading.main_thread():
+        server.run()
+        return
+    seen: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: seen.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 class ServerThread:
