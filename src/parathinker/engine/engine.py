@@ -7,9 +7,11 @@ forced opening, a re-prefill). Positions and segment ids come from the layout mo
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -18,7 +20,9 @@ from ..layout import pack
 from ..model import ParaThinkerForCausalLM
 from ..tokens import ControlTokens
 from .block_manager import PagePool
+from .detok import Decode, IncrementalDetokenizer
 from .kv_cache import CacheConfig
+from .outputs import RequestDelta, build_output, join_summary
 from .runner import Chunk, Feed, ModelRunner
 from .sampler import Row, resample_exact, sample_tensor
 from .sequence import Request, RequestSpec, Seq
@@ -46,7 +50,9 @@ class Engine:
         control: ControlTokens | None,
         eos_ids: tuple[int, ...],
         cache: CacheConfig | None = None,
+        tokenizer: Any = None,
     ):
+        """``tokenizer``: decodes the text of streamed deltas and outputs (without one, texts are empty)."""
         cache = cache or CacheConfig()
         self.model = model
         self.control = control
@@ -55,8 +61,17 @@ class Engine:
         self.pool = PagePool(self.runner.kv.num_pages, cache.page_size)
         # paths' own K/V in side-by-side blocks where the decode attention reads them in place (the CPU cascade)
         self.contiguous_paths = self.runner.decode_backend == "cascade"
+        self._decode: Decode = (lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False)) if tokenizer \
+            else (lambda ids: "")
+        # the queue: add_request/abort (any thread) leave work in the inbox, step (one thread) takes it
+        self._lock = threading.Lock()
         self._next_id = 0
-        self._empty = torch.empty(0, dtype=torch.long)
+        self._requests: dict[int, Request] = {}  # unfinished requests by id
+        self._inbox: list[Request] = []
+        self._aborts: set[int] = set()
+        self._waiting: deque[tuple[Request, int]] = deque()  # (request, pages it needs), in arrival order
+        self._active: list[Request] = []
+        self.finished: list[Request] = []  # unstreamed requests finished since the caller (run) last cleared it
         self._banned_plain = torch.tensor(control.all_ids if control else (), dtype=torch.long)
         # overlapped decoding (CUDA): launch step n+1 before reading step n's tokens on the host; the host's
         # bookkeeping then runs while the GPU computes. Same tokens as the synchronous loop (tests).
@@ -109,52 +124,183 @@ class Engine:
         self.pool.check_fits(pages)
         return pages
 
-    # ---------------------------------------------------------------- main loop
+    # ---------------------------------------------------------------- the step API
+    def add_request(self, spec: RequestSpec, prompt: str = "", *, stream: bool = True) -> int:
+        """Check a request at once (typed one-line errors) and queue it; return its id.
+
+        It is admitted (pages reserved, prompt prefilled) at the first ``step`` where its
+        worst-case pages fit; requests that do not fit yet wait in order. ``prompt`` is the text
+        its ``RequestOutput`` carries. ``stream``: ``step`` reports its tokens as ``RequestDelta``s
+        (off for callers that read the finished requests themselves, like ``run``). Thread-safe.
+        """
+        need = self.check(spec)
+        return self._enqueue(spec, prompt, need, stream).id
+
+    def step(self) -> list[RequestDelta]:
+        """One scheduling round: take queued requests and aborts, admit and prefill what fits, one
+        batched forward over every live sequence of every running request, sample, advance phases.
+
+        Returns the round's ``RequestDelta``s (streamed requests only); a finished request's last
+        delta carries ``finished=True`` and its ``RequestOutput``. Call from one thread only. If
+        the round raises, every running request is dropped (pages freed, no more deltas) and the
+        engine stays usable; waiting requests stay queued.
+        """
+        self._take_inbox()
+        admitted: list[Request] = []
+        try:
+            while self._waiting and self.pool.can_admit(self._waiting[0][1]):
+                req, need = self._waiting.popleft()
+                self.pool.admit(req.id, need)
+                admitted.append(req)
+            if admitted:  # their prompts are prefilled together
+                self._prefill(admitted)
+                self._active.extend(admitted)
+                admitted = []
+            if self._active:
+                self._step(self._active)
+        except BaseException:  # an error or an interrupt mid-step: give every page back
+            self._inflight = None
+            for req in [*self._active, *admitted]:
+                self._drop(req, "failed")
+            self._active = []
+            raise
+        deltas = [d for r in self._active if r.stream for d in self._deltas(r)]
+        for req in [r for r in self._active if r.phase == "done"]:
+            self._active.remove(req)
+            self._release(req)
+            with self._lock:
+                self._requests.pop(req.id, None)
+            if not req.stream:
+                self.finished.append(req)
+            else:
+                out = build_output(req.prompt, req, self._decode)
+                last = next((k for k in range(len(deltas) - 1, -1, -1) if deltas[k].request_id == req.id), None)
+                if last is None:
+                    deltas.append(RequestDelta(req.id, "summary" if req.summary else "sample", 0, [], ""))
+                    last = len(deltas) - 1
+                deltas[last].finished, deltas[last].output = True, out
+        return deltas
+
+    def abort(self, request_id: int) -> bool:
+        """Stop a request in any phase; its pages return to the pool at the top of the next ``step``
+        (before anything else runs) and it yields no more deltas. False if it is unknown or already
+        finished. Thread-safe."""
+        with self._lock:
+            if request_id not in self._requests:
+                return False
+            self._aborts.add(request_id)
+            return True
+
+    def has_unfinished(self) -> bool:
+        """Requests queued, running, or aborted but not yet cleaned up by a ``step``."""
+        with self._lock:
+            return bool(self._requests or self._aborts or self._inbox)
+
+    @property
+    def num_waiting(self) -> int:
+        with self._lock:
+            return len(self._inbox) + len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._active)
+
+    @property
+    def kv_pages_total(self) -> int:
+        return self.pool.usable_pages
+
+    @property
+    def kv_pages_used(self) -> int:
+        return self.pool.usable_pages - self.pool.num_free
+
     def run(
         self,
         specs: list[RequestSpec],
         on_finish: Callable[[Request], None] | None = None,
         on_step: Callable[[list[Request]], None] | None = None,
     ) -> list[Request]:
-        """Run requests to completion (all admitted ones decode together); return them in input order.
+        """Run requests to completion (a loop over ``step``); return them in input order.
 
-        ``on_finish(request)`` is called as each request completes, ``on_step(active)`` after each step.
+        Every spec is checked before any is queued. ``on_finish(request)`` is called as each
+        completes, ``on_step(running)`` after each step. Not to be mixed with another thread
+        stepping the engine (that thread would receive these requests' deltas).
         """
         needs = [self.check(s) for s in specs]
-        reqs = []
-        for spec in specs:
-            g = torch.Generator(device=self.runner.device)  # draws happen where the logits are
-            g.manual_seed(spec.sampling.seed if spec.sampling.seed is not None else torch.seed())
-            reqs.append(Request(self._next_id, spec, g))
-            self._next_id += 1
-        waiting = deque(zip(reqs, needs))
-        active: list[Request] = []
-        admitted: list[Request] = []
+        reqs = [self._enqueue(spec, "", need, stream=False) for spec, need in zip(specs, needs)]
+        mine = {r.id for r in reqs}
+        self.finished.clear()
         try:
-            while waiting or active:
-                admitted = []
-                while waiting and self.pool.can_admit(waiting[0][1]):
-                    req, need = waiting.popleft()
-                    self.pool.admit(req.id, need)
-                    admitted.append(req)
-                if admitted:  # their prompts are prefilled together
-                    self._prefill(admitted)
-                    active.extend(admitted)
-                    admitted = []
-                self._step(active)
+            while any(r.phase != "done" for r in reqs):
+                self.step()
                 if on_step:
-                    on_step(active)
-                for req in [r for r in active if r.phase == "done"]:
-                    active.remove(req)
-                    self._release(req)
-                    if on_finish:
+                    on_step(self._active)
+                for req in self.finished:
+                    if on_finish and req.id in mine:
                         on_finish(req)
-        except BaseException:  # an error or an interrupt mid-run: give every page back, so the engine stays usable
-            self._inflight = None
-            for req in [*active, *admitted]:
-                self._free(req)
+                self.finished.clear()
+        except BaseException:  # requests of this call still queued leave with it
+            for r in reqs:
+                self.abort(r.id)
+            self._take_inbox()
             raise
         return reqs
+
+    # ---------------------------------------------------------------- queue and aborts
+    def _enqueue(self, spec: RequestSpec, prompt: str, need: int, stream: bool) -> Request:
+        g = torch.Generator(device=self.runner.device)  # draws happen where the logits are
+        g.manual_seed(spec.sampling.seed if spec.sampling.seed is not None else torch.seed())
+        with self._lock:
+            req = Request(self._next_id, spec, g, prompt=prompt, stream=stream, need=need)
+            self._next_id += 1
+            self._requests[req.id] = req
+            self._inbox.append(req)
+        return req
+
+    def _take_inbox(self) -> None:
+        """Move requests added since the last step to the queue, and carry out aborts (pages freed now)."""
+        with self._lock:
+            incoming, self._inbox = self._inbox, []
+            aborts, self._aborts = self._aborts, set()
+            for rid in aborts:
+                self._requests.pop(rid, None)
+        self._waiting.extend((r, r.need) for r in incoming)
+        if not aborts:
+            return
+        if self._inflight is not None and any(s.req.id in aborts for s in self._inflight.seqs):
+            self._drain(self._active)  # read the draws in flight first: they hold the aborted rows
+        self._waiting = deque((r, n) for r, n in self._waiting if r.id not in aborts)
+        for req in [r for r in self._active if r.id in aborts]:
+            self._active.remove(req)
+            self._drop(req, "aborted")
+
+    def _drop(self, req: Request, phase: str) -> None:
+        self._free(req)
+        req.phase = phase  # type: ignore[assignment]
+        with self._lock:
+            self._requests.pop(req.id, None)
+
+    def _deltas(self, req: Request) -> list[RequestDelta]:
+        """New tokens and finishes of each of a request's sequences since the last step."""
+        out = []
+        for s in [*req.seqs, *([req.summary] if req.summary is not None else [])]:
+            new = s.body[s.sent :]
+            done = s.finished and not s.sent_finish
+            if not new and not done:
+                continue
+            if s.detok is None:
+                lead = (req.pp.summary_prefix or "") if s is req.summary else ""
+                s.detok = IncrementalDetokenizer(self._decode, lead)
+            text = s.detok.push(new) if new else ""
+            s.sent = len(s.body)
+            if done:
+                s.sent_finish = True
+                final = self._decode(s.body)
+                if s is req.summary:
+                    final = join_summary(req.pp.summary_prefix or "", final)
+                text += s.detok.finish(final)
+            part = "summary" if s is req.summary else s.kind
+            out.append(RequestDelta(req.id, part, s.index, list(new), text, s.finish_reason if done else None))
+        return out
 
     def _step(self, active: list[Request]) -> None:
         if self.overlap and self._overlap_step(active):

@@ -12,16 +12,15 @@ from typing import Any
 
 import torch
 
-from ..answers import last_boxed, majority_vote
 from ..errors import ConfigError, TokenizerError
 from ..layout import IGNORE_INDEX, pack
 from ..model import load_model
 from ..tokens import ControlTokens, load_tokenizer
 from .engine import Engine
 from .kv_cache import CacheConfig
-from .outputs import PathOutput, RequestOutput, ScoreOutput, SummaryOutput
+from .outputs import RequestOutput, ScoreOutput, build_output
 from .params import ParallelParams, SamplingParams
-from .prompting import PromptStyle, encode_prompt, format_prompt
+from .prompting import Prompt, PromptStyle, encode_prompt, format_prompt
 from .sequence import Request, RequestSpec
 
 
@@ -71,13 +70,13 @@ class LLM:
         except TokenizerError:
             self.control = None
         self.eos_ids = eos
-        self.engine = Engine(self.model, self.control, eos, cache)
+        self.engine = Engine(self.model, self.control, eos, cache, tokenizer=self.tokenizer)
 
     # ------------------------------------------------------------------ prompting
-    def format_prompt(self, question: str, raw: bool = False) -> str:
+    def format_prompt(self, question: Prompt, raw: bool = False) -> str:
         return format_prompt(self.tokenizer, question, self.style, raw)
 
-    def encode_prompt(self, question: str, raw: bool = False) -> list[int]:
+    def encode_prompt(self, question: Prompt, raw: bool = False) -> list[int]:
         return encode_prompt(self.tokenizer, question, self.style, raw)
 
     def default_params(self) -> tuple[ParallelParams, SamplingParams]:
@@ -97,7 +96,34 @@ class LLM:
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
-    # ------------------------------------------------------------------ generate
+    # ------------------------------------------------------------------ requests
+    def request_spec(
+        self,
+        prompt: Prompt | Sequence[int],
+        parallel: ParallelParams | None = None,
+        sampling: SamplingParams | None = None,
+        *,
+        raw: bool = False,
+    ) -> RequestSpec:
+        """One request for the engine: a question, chat messages or token ids (used as is), with its
+        parameters resolved as ``generate`` resolves them."""
+        parallel, sampling = self._resolve(parallel, sampling)
+        ids = list(prompt) if _is_token_ids(prompt) else self.encode_prompt(prompt, raw)  # type: ignore[arg-type]
+        return RequestSpec(ids, parallel, sampling, self._encode_text(parallel.summary_prefix or ""))
+
+    def add_request(
+        self,
+        prompt: Prompt | Sequence[int],
+        parallel: ParallelParams | None = None,
+        sampling: SamplingParams | None = None,
+        *,
+        raw: bool = False,
+    ) -> int:
+        """Queue one request on the engine (``llm.engine.step()`` runs it and streams its deltas); its id."""
+        spec = self.request_spec(prompt, parallel, sampling, raw=raw)
+        text = prompt if isinstance(prompt, str) else self._decode(spec.prompt_ids)
+        return self.engine.add_request(spec, text)
+
     def generate(
         self,
         prompts: str | Sequence[str | Sequence[int]],
@@ -132,7 +158,7 @@ class LLM:
                 reqs = self.engine.run(specs, on_finish=lambda r: bar.update(1))
         else:
             reqs = self._run_one_with_progress(specs[0], parallel)
-        return [self._output(p, r) for p, r in zip(prompts, reqs)]
+        return [build_output(p, r, self._decode) for p, r in zip(prompts, reqs)]
 
     def _run_one_with_progress(self, spec: RequestSpec, parallel: ParallelParams) -> list[Request]:
         """One request: a bar over its longest path's tokens, then its summary (ETA from the budgets)."""
@@ -149,31 +175,6 @@ class LLM:
                     bar.update(max(0, done - bar.n))
 
             return self.engine.run([spec], on_step=step)
-
-    def _output(self, prompt: str, req: Request) -> RequestOutput:
-        pp = req.pp
-        paths = [
-            PathOutput(s.index, self._decode(s.body), list(s.body), s.finish_reason or "", list(s.logprobs))
-            for s in req.seqs
-        ]
-        for p in paths:
-            p.answer = last_boxed(p.text) or None  # an empty \boxed{} is no answer
-        summary, votes = None, {}
-        if req.summary is not None:
-            s = req.summary
-            prefix = pp.summary_prefix or ""
-            text = self._decode(s.body)
-            full = f"{prefix} {text}" if prefix and text and not text.startswith(" ") else prefix + text
-            summary = SummaryOutput(full, list(s.body), s.finish_reason or "", prefix, list(s.logprobs))
-            answer = last_boxed(summary.text) or None
-        elif pp.mode == "majority":
-            answer, votes = majority_vote(p.answer for p in paths)
-        else:
-            answer = paths[0].answer
-        stats = dict(req.stats)
-        stats["num_paths"] = len(paths)
-        stats["generated_tokens"] = sum(p.num_tokens for p in paths) + (summary.num_tokens if summary else 0)
-        return RequestOutput(prompt, list(req.spec.prompt_ids), pp.mode, paths, summary, answer, votes, stats)
 
     # ------------------------------------------------------------------ score
     def score(

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
+from ..answers import last_boxed, majority_vote
 from ..layout import PackedSequence
+
+if TYPE_CHECKING:
+    from .sequence import Request
 
 
 @dataclass
@@ -88,3 +94,55 @@ class ScoreOutput:
     @property
     def total(self) -> float:
         return sum(x for x in self.token_logprobs if not math.isnan(x))
+
+
+@dataclass
+class RequestDelta:
+    """What one ``Engine.step()`` produced for one part of one request (a stream's unit).
+
+    ``part``/``index``: a path (its think index i, 1-based), a plain sample (its number, 1-based)
+    or the summary (0). ``text`` is the new text of ``token_ids``; a part's pieces concatenated
+    equal that part's final text (the summary's first piece carries its forced prefix, so they
+    equal ``output.summary.text``). ``finish_reason`` is set on the delta where the part finished
+    ("end", "length" or "cut"); ``finished``/``output`` on exactly one delta per request, its last.
+    """
+
+    request_id: int
+    part: Literal["path", "sample", "summary"]
+    index: int
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None = None
+    finished: bool = False
+    output: RequestOutput | None = None
+
+
+def join_summary(prefix: str, text: str) -> str:
+    """The summary as read: its forced prefix, a space where the generated text does not open with one."""
+    return f"{prefix} {text}" if prefix and text and not text.startswith(" ") else prefix + text
+
+
+def build_output(prompt: str, req: Request, decode: Callable[[Sequence[int]], str]) -> RequestOutput:
+    """A finished request's ``RequestOutput``: texts decoded, answers extracted (majority: voted)."""
+    pp = req.pp
+    paths = [
+        PathOutput(s.index, decode(s.body), list(s.body), s.finish_reason or "", list(s.logprobs))
+        for s in req.seqs
+    ]
+    for p in paths:
+        p.answer = last_boxed(p.text) or None  # an empty \boxed{} is no answer
+    summary, votes = None, {}
+    if req.summary is not None:
+        s = req.summary
+        prefix = pp.summary_prefix or ""
+        text = join_summary(prefix, decode(s.body))
+        summary = SummaryOutput(text, list(s.body), s.finish_reason or "", prefix, list(s.logprobs))
+        answer = last_boxed(summary.text) or None
+    elif pp.mode == "majority":
+        answer, votes = majority_vote(p.answer for p in paths)
+    else:
+        answer = paths[0].answer
+    stats = dict(req.stats)
+    stats["num_paths"] = len(paths)
+    stats["generated_tokens"] = sum(p.num_tokens for p in paths) + (summary.num_tokens if summary else 0)
+    return RequestOutput(prompt, list(req.spec.prompt_ids), pp.mode, paths, summary, answer, votes, stats)

@@ -10,6 +10,7 @@ import torch
 
 from ..layout import LayoutConfig
 from .block_manager import Run
+from .detok import IncrementalDetokenizer
 from .params import ParallelParams, SamplingParams
 
 Kind = Literal["path", "sample", "summary", "reprefill"]
@@ -69,6 +70,9 @@ class Seq:
     next_position: int | None = None  # re-prefill summary: continues after the packed sequence
     t0: int = 0  # re-prefill summary: length of the packed chunk
     end_logprob: float = float("nan")  # raw log-prob of the token that ended it
+    sent: int = 0  # body tokens already reported in deltas (streamed requests)
+    sent_finish: bool = False
+    detok: IncrementalDetokenizer | None = None
 
     def finish(self, reason: str) -> None:
         self.finished = True
@@ -81,11 +85,13 @@ class Request:
     spec: RequestSpec
     generator: torch.Generator
     prompt_run: Run | None = None
-    phase: Literal["waiting", "paths", "summary", "done"] = "waiting"
+    prompt: str = ""  # the text its output carries
+    stream: bool = False  # step() reports its tokens as deltas
+    need: int = 0  # worst-case pages (reserved on admission)
+    phase: Literal["waiting", "paths", "summary", "done", "aborted", "failed"] = "waiting"
     seqs: list[Seq] = field(default_factory=list)
     summary: Seq | None = None
     cut: bool = False
-    prefill_logits: torch.Tensor | None = None
     stats: dict[str, float] = field(
         default_factory=lambda: dict(prefill_tokens=0, path_tokens=0, summary_tokens=0, reprefill_tokens=0)
     )
