@@ -187,7 +187,7 @@ def test_429_when_too_many_wait() -> None:
             assert h.getresponse().status == 200
 
 
-def test_engine_failure_is_503_and_health_follows() -> None:
+def test_failed_steps_are_500_then_503_when_dead() -> None:
     eng = FakeEngine()
     with running(FakeLLM(eng)) as s:
         assert _raw(s, "/health")[0] == 200
@@ -197,12 +197,19 @@ def test_engine_failure_is_503_and_health_follows() -> None:
         assert first.choices[0].delta.role == "assistant"
         eng.fail = True
         eng.hold = False
-        with pytest.raises(openai.APIError, match="engine"):
+        s.app.state.server.thread._wake.set()
+        with pytest.raises(openai.APIError, match="engine failed"):  # an error event, then [DONE]
             for _ in stream:
                 pass
+        status, text = _raw(s, "/v1/chat/completions", {"model": MODEL, "messages": MSG})
+        assert status == 500  # this request dropped; the engine goes on
+        assert _assert_error(text, "engine_error")["type"] == "internal_server_error"
+        assert _raw(s, "/health")[0] == 200
+        status, text = _raw(s, "/v1/chat/completions", {"model": MODEL, "messages": MSG})
+        assert status == 503  # the third failed step in a row: the engine is dead
+        _assert_error(text, "engine_unavailable")
         _wait(lambda: not s.app.state.server.thread.alive)
-        status, text = _raw(s, "/health")
-        assert status == 503
+        assert _raw(s, "/health")[0] == 503
         with pytest.raises(openai.InternalServerError) as e:
             client(s).chat.completions.create(model=MODEL, messages=MSG)
         assert e.value.status_code == 503 and e.value.body["code"] == "engine_unavailable"

@@ -186,9 +186,10 @@ def test_401_429_503_with_the_real_engine(problems: list) -> None:
         gate.set()
         for st in held:
             assert collect_stream(st)["choices"][0]["content"]
-        llm.engine.step = lambda: 1 / 0  # the engine fails
-        with pytest.raises(openai.APIError, match="engine"):
+        llm.engine.step = lambda: 1 / 0  # every step fails from now on: after 3 in a row the engine is dead
+        with pytest.raises(openai.APIError, match="engine failed"):  # mid-stream: an error event
             collect_stream(c.chat.completions.create(model=MODEL, messages=msg, stream=True))
+        _wait(lambda: not s.app.state.server.thread.alive)
         assert _status(s.url + "/health") == 503
         with pytest.raises(openai.InternalServerError) as e:
             c.chat.completions.create(model=MODEL, messages=msg)

@@ -30,7 +30,7 @@ from .config import BUNDLED_MODEL_NAME, ServeConfig
 from .engine_thread import EngineDead, EngineThread, EngineUnavailable
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import ChatCompletionRequest, CommonFields, CompletionRequest, error_json
-from .sse import CallStream, ClientGone
+from .sse import CallStream, ClientGone, EngineFailed
 
 log = logging.getLogger("parathinker.serve")
 
@@ -228,7 +228,7 @@ class Call:
                 yield None, ("keepalive",)
                 continue
             if isinstance(item, EngineDead):
-                raise EngineUnavailable(item.message)
+                raise (EngineUnavailable if item.fatal else EngineFailed)(item.message)
             if isinstance(item, Disconnected):
                 raise ClientGone()
             state = self.choices.get(item.request_id)
@@ -371,6 +371,8 @@ async def _respond(server: Server, call: Call, body: CommonFields, *, chat: bool
             pass
     except EngineUnavailable as e:
         raise unavailable(str(e)) from None
+    except EngineFailed as e:
+        raise ApiError(500, str(e), "internal_server_error", "engine_error") from None
     except ClientGone:
         return Response(status_code=499)
     finally:

@@ -4,8 +4,10 @@ The engine's step API (``add_request`` / ``step`` / ``abort``) lets one thread s
 add and abort. This class is that stepping thread: between steps it hands each step's
 ``RequestDelta``s to the asyncio queue of the HTTP request that owns them, all of a step's deltas
 in one ``loop.call_soon_threadsafe``. With nothing to do it sleeps on an event that
-``submit`` sets. If ``step`` raises, the engine is considered dead: every open request gets an
-``EngineDead`` item, ``alive`` turns false (``/health`` answers 503), and the thread ends.
+``submit`` sets. If ``step`` raises, the engine has dropped its running requests (and stays
+usable): every open request gets an ``EngineDead`` item and is aborted, and stepping goes on.
+After ``max_failures`` failed steps in a row the engine is considered dead: ``alive`` turns false
+(``/health`` answers 503, new requests 503) and the thread ends.
 
 Kept apart from the web app so another front (a Ray Serve replica, a test) can drive it.
 """
@@ -25,9 +27,13 @@ log = logging.getLogger("parathinker.serve")
 
 @dataclass
 class EngineDead:
-    """Queued to every open request when the engine thread stops (an engine error or shutdown)."""
+    """Queued to an open request that the engine can no longer finish (a failed step, or shutdown).
+
+    ``fatal``: the engine thread is gone (503 to the caller); else only this request failed (500).
+    """
 
     message: str
+    fatal: bool = True
 
 
 @dataclass
@@ -48,8 +54,10 @@ class EngineThread:
     step or idle tick happened for that long (a hung step).
     """
 
-    def __init__(self, llm: Any, *, stall_s: float = 120.0, idle_tick_s: float = 0.5):
+    def __init__(self, llm: Any, *, stall_s: float = 120.0, idle_tick_s: float = 0.5, max_failures: int = 3):
         self.llm = llm
+        self.max_failures = max_failures
+        self.failures = 0  # failed steps in a row
         self.engine = llm.engine
         self.stall_s = stall_s
         self.idle_tick_s = idle_tick_s
@@ -134,11 +142,20 @@ class EngineThread:
                 continue
             try:
                 deltas = engine.step()
-            except BaseException as e:  # noqa: BLE001 - any failure leaves the engine unusable
-                log.exception("the engine failed; the server stops taking requests")
-                self.error = f"the engine failed: {type(e).__name__}: {e}"
-                self._fail_all(self.error, abort=False)
-                return
+            except Exception as e:  # noqa: BLE001 - the engine dropped its running requests; tell their callers
+                self.failures += 1
+                message = f"the engine failed on a step: {type(e).__name__}: {e}"
+                if self.failures >= self.max_failures:
+                    log.exception("engine step failed %d times in a row; the server stops taking requests",
+                                  self.failures)
+                    self.error = message
+                    self._fail_all(message, abort=True)
+                    return
+                log.exception("engine step failed; its requests are dropped")
+                self._fail_all(message, abort=True, fatal=False)
+                self._stop.wait(0.05 * self.failures)  # no tight loop over a step that keeps failing
+                continue
+            self.failures = 0
             self.steps += 1
             if deltas:
                 self._dispatch(deltas)
@@ -156,7 +173,7 @@ class EngineThread:
         for loop, items in by_loop.items():
             _post(loop, items)
 
-    def _fail_all(self, message: str, *, abort: bool) -> None:
+    def _fail_all(self, message: str, *, abort: bool, fatal: bool = True) -> None:
         with self._lock:
             streams = list(self._streams.values())
             self._streams.clear()
@@ -165,7 +182,7 @@ class EngineThread:
             if abort:
                 with contextlib.suppress(Exception):  # best effort while stopping
                     self.engine.abort(s.request_id)
-            by_loop.setdefault(s.loop, []).append((s.queue, EngineDead(message)))
+            by_loop.setdefault(s.loop, []).append((s.queue, EngineDead(message, fatal)))
         for loop, items in by_loop.items():
             _post(loop, items)
 

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from .app import Call, Server
 
 
+class EngineFailed(RuntimeError):
+    """The engine dropped this call's requests (a failed step); the engine goes on."""
+
+
 class ClientGone(Exception):
     """The client disconnected; its engine requests are aborted."""
 
@@ -132,6 +136,8 @@ class CallStream:
             return  # its requests are aborted; nobody reads any more
         except EngineUnavailable as e:
             yield _sse(error_json(f"the engine stopped: {e}", "service_unavailable_error", "engine_unavailable"))
+        except EngineFailed as e:
+            yield _sse(error_json(str(e), "internal_server_error", "engine_error"))
         finally:
             call.close()
         yield "data: [DONE]\n\n"
