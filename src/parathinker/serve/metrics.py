@@ -73,5 +73,9 @@ class ServerMetrics:
             "parathinker:e2e_request_latency_seconds", "Seconds from arrival to the request's end.", lab,
             buckets=LATENCY_BUCKETS, registry=r)
 
+        for m in (self.prompt_tokens, self.generation_tokens, self.reasoning_tokens, self.request_aborted,
+                  self.ttft, self.ttfc, self.e2e):
+            m.labels(model_name)  # present (at 0) from the start, as scrapers expect
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
