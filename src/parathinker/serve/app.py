@@ -223,7 +223,7 @@ class Call:
         """
         while not self.finished:
             try:
-                item = await asyncio.wait_for(self.queue.get(), timeout)
+                item = await _get(self.queue, timeout)
             except asyncio.TimeoutError:
                 yield None, ("keepalive",)
                 continue
@@ -231,15 +231,16 @@ class Call:
                 raise (EngineUnavailable if item.fatal else EngineFailed)(item.message)
             if isinstance(item, Disconnected):
                 raise ClientGone()
-            state = self.choices.get(item.request_id)
-            if state is None or state.done:
-                continue
-            for ev in state.on_delta(item):
-                if ev[0] == "done":
-                    if state.stopped:
-                        self.abort(state)
-                    self.record(state)
-                yield state, ev
+            for d in item:  # one step's deltas of this call's requests
+                state = self.choices.get(d.request_id)
+                if state is None or state.done:
+                    continue
+                for ev in state.on_delta(d):
+                    if ev[0] == "done":
+                        if state.stopped:
+                            self.abort(state)
+                        self.record(state)
+                    yield state, ev
 
     def usage(self) -> dict[str, Any]:
         completion = sum(c.completion_tokens() for c in self.choices.values())
@@ -247,6 +248,16 @@ class Call:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
                 "total_tokens": self.prompt_tokens + completion,
                 "completion_tokens_details": {"reasoning_tokens": reasoning}}
+
+
+async def _get(queue: asyncio.Queue, timeout: float | None) -> Any:
+    """``queue.get()`` with a timeout, without a task per call where ``asyncio.timeout`` exists (3.11+)."""
+    if timeout is None:
+        return await queue.get()
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(timeout):
+            return await queue.get()
+    return await asyncio.wait_for(queue.get(), timeout)
 
 
 class Disconnected:

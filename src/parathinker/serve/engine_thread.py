@@ -38,7 +38,10 @@ class EngineDead:
 
 @dataclass
 class Stream:
-    """Where one engine request's deltas go: an asyncio queue (possibly shared by the n runs of one call)."""
+    """Where one engine request's deltas go: an asyncio queue (possibly shared by the n runs of one call).
+
+    The queue receives, per step, a list of that step's deltas for its requests, or an ``EngineDead``.
+    """
 
     request_id: int
     queue: asyncio.Queue
@@ -161,7 +164,8 @@ class EngineThread:
                 self._dispatch(deltas)
 
     def _dispatch(self, deltas: list[Any]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
+        """A step's deltas to their queues: one list per queue, one wake-up per event loop."""
+        per_queue: dict[int, tuple[Stream, list[Any]]] = {}
         with self._lock:
             for d in deltas:
                 stream = self._streams.get(d.request_id)
@@ -169,9 +173,12 @@ class EngineThread:
                     continue
                 if d.finished:
                     del self._streams[d.request_id]
-                by_loop.setdefault(stream.loop, []).append((stream.queue, d))
-        for loop, items in by_loop.items():
-            _post(loop, items)
+                per_queue.setdefault(id(stream.queue), (stream, []))[1].append(d)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
+        for stream, items in per_queue.values():
+            by_loop.setdefault(stream.loop, []).append((stream.queue, items))
+        for loop, batch in by_loop.items():
+            _post(loop, batch)
 
     def _fail_all(self, message: str, *, abort: bool, fatal: bool = True) -> None:
         with self._lock:
