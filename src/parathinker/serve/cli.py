@@ -8,6 +8,7 @@ from typing import Any
 from ..cliutil import add_dataclass_args, dataclass_from_args
 from ..engine.kv_cache import CacheConfig
 from .config import ServeConfig
+from .ray_serve import RayConfig, ReplicaArgs, deploy, require_ray
 
 
 def register(subparsers: Any) -> None:
@@ -23,12 +24,16 @@ def register(subparsers: Any) -> None:
     _add_model_args(p)
     add_dataclass_args(p, ServeConfig)
     add_dataclass_args(p, CacheConfig)
+    add_dataclass_args(p, RayConfig)
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = dataclass_from_args(ServeConfig, args)  # validated before the model loads
     cache = dataclass_from_args(CacheConfig, args)
+    ray_config = dataclass_from_args(RayConfig, args)
+    if ray_config.wanted:
+        return _serve_on_ray(args, config, cache, ray_config)
     from ..engine.llm import LLM
     from .server import serve
 
@@ -36,4 +41,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config.served_model_name is None and args.model is not None:
         config.served_model_name = args.model
     serve(llm, config)
+    return 0
+
+
+def _serve_on_ray(args: argparse.Namespace, config: ServeConfig, cache: CacheConfig, ray_config: RayConfig) -> int:
+    """``--replicas N`` / ``--ray-address``: the same app in N Ray Serve replicas behind Ray's proxy."""
+    import dataclasses
+
+    from ..engine.llm import resolve_model_path
+    from ..errors import CheckpointError
+
+    require_ray()  # before anything starts: one line saying what to install
+    path = resolve_model_path(args.model)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"--model {args.model}: no checkpoint at {path} (config.json missing)")
+    if config.served_model_name is None and args.model is not None:
+        config.served_model_name = args.model
+    gpus = ray_config.gpus_per_replica
+    if args.device.startswith("cuda") and gpus == 0:
+        ray_config.gpus_per_replica = 1.0  # a CUDA replica needs a GPU of its own
+    replica = ReplicaArgs(str(path), args.device, args.dtype, args.threads, dataclasses.asdict(cache),
+                          dataclasses.asdict(config))
+    deploy(replica, ray_config, config)
     return 0
