@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
         description="Evaluate a model; resumable: rerun the same command to continue a killed run.",
     )
     g = ev.add_argument_group("what to run")
-    g.add_argument("--model", required=True, help="model directory (or hub id) for parathinker.LLM")
+    g.add_argument("--model", help="model directory (or hub id) for parathinker.LLM (or --base-url)")
     g.add_argument("--benchmark", required=True,
                    help=f"comma list of {', '.join(BENCHMARK_NAMES)} or paths to .jsonl files (problem + answer)")
     g.add_argument("--method", default="sequential,majority,parathinker", help=f"comma list of {', '.join(METHODS)}")
@@ -40,7 +40,8 @@ def register(subparsers: Any) -> None:
                    "without it named benchmarks are downloaded from the Hugging Face hub")
     g.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
     g.add_argument("--shard", default="0/1", help="i/n: run the i-th of n disjoint parts (0-based)")
-    g.add_argument("--batch-size", type=int, default=1, help="problems per generate call")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="problems per generate call (default 1; with --base-url: --concurrency)")
     g.add_argument("--device", help="device for the model (default: the engine's)")
     g.add_argument("--seed", type=int, default=0, help="base seed; sample s uses seed + s")
     g.add_argument("--sequential-max-tokens", type=int, default=None,
@@ -51,6 +52,13 @@ def register(subparsers: Any) -> None:
                    help="run the tunnel-vision experiment instead (sequential; uses --samples, --limit)")
     g.add_argument("--tunnel-prefixes", default="100,200,400,800,1600", help="prefix lengths in tokens")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r = ev.add_argument_group("a served model (instead of --model): parathinker serve, or its Ray Serve replicas")
+    r.add_argument("--base-url", action="append", default=[],
+                   help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; repeat for replicas")
+    r.add_argument("--served-model", help="model name on the server (default: the one it serves)")
+    r.add_argument("--concurrency", type=int, default=32,
+                   help="requests in flight over all URLs; with --base-url, --batch-size defaults to it")
+    r.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     add_dataclass_args(ev, SamplingParams, skip=("seed",))
     add_dataclass_args(ev, ParallelParams, skip=("num_paths", "mode"))
     ev.set_defaults(func=cmd_eval)
@@ -75,7 +83,10 @@ def load_llm(model: str, device: str | None) -> GenerateLLM:
 
 def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     """EvalSettings from parsed ``eval`` options (the model path is made absolute if it exists)."""
-    model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    if args.base_url:  # the run is tied to the served model's name (a resume must ask the same server model)
+        model = f"served:{args.served_model}"
+    else:
+        model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
     return EvalSettings(
         model=model, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
         max_path_tokens=args.max_path_tokens, summary_max_tokens=args.summary_max_tokens,
@@ -91,7 +102,7 @@ def plan_from_args(args: argparse.Namespace, benchmarks: tuple[str, ...]) -> Run
     return RunPlan(
         benchmarks=benchmarks, methods=methods, paths=parse_int_list(args.paths, "--paths"),
         samples=args.samples, vote=args.vote, limit=args.limit, shard=parse_shard(args.shard),
-        batch_size=args.batch_size, save_text=args.save_text,
+        batch_size=args.batch_size or (args.concurrency if args.base_url else 1), save_text=args.save_text,
         tunnel_prefixes=parse_int_list(args.tunnel_prefixes, "--tunnel-prefixes"),
     )
 
@@ -102,10 +113,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     labels = tuple(benchmark_label(s) for s in specs)
     if len(set(labels)) != len(labels):
         raise ConfigError(f"--benchmark: two benchmarks share the name {labels}; rename a file")
+    remote = None
+    if args.base_url:
+        if args.model is not None:
+            raise ConfigError("give --model (in-process) or --base-url (a served model), not both")
+        if args.tunnel_vision:
+            raise ConfigError("--tunnel-vision runs in-process only: give --model instead of --base-url")
+        from .remote import RemoteLLM
+
+        remote = RemoteLLM(args.base_url, args.served_model, concurrency=args.concurrency,
+                           api_key_env=args.api_key_env)
+        args.served_model = remote.served_model
+    elif args.model is None:
+        raise ConfigError("give --model DIR (in-process) or --base-url URL (a served model)")
     settings = settings_from_args(args)
     plan = plan_from_args(args, labels)
     problems = {lab: load_benchmark(spec, args.data_dir) for lab, spec in zip(labels, specs)}
-    llm = load_llm(args.model, args.device)
+    if remote is not None:
+        remote.check(plan.cells())
+    llm = remote if remote is not None else load_llm(args.model, args.device)
     if args.tunnel_vision:
         new = run_tunnel_vision(llm, problems, plan, settings, args.out, progress=not args.no_progress)
     else:

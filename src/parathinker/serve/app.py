@@ -353,8 +353,13 @@ def build_app(llm_or_engine_thread: Any, config: ServeConfig | None = None) -> F
             raise bad_request("messages must not be empty: send at least one {'role': 'user', 'content': ...}",
                               "messages")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        prompt: Any = messages
+        if body.as_question:
+            if len(messages) != 1 or messages[0]["role"] != "user":
+                raise bad_request("as_question needs exactly one user message (the question)", "messages")
+            prompt = messages[0]["content"]
         budget = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        call = await server.start_call(request, [(messages, False)], body, budget)
+        call = await server.start_call(request, [(prompt, False)], body, budget)
         return await _respond(server, call, body, chat=True)
 
     @app.post("/v1/completions", dependencies=[Depends(auth)])
@@ -366,7 +371,8 @@ def build_app(llm_or_engine_thread: Any, config: ServeConfig | None = None) -> F
             prompts = list(p)
         if not prompts or any(len(x) == 0 for x in prompts):
             raise bad_request("prompt must not be empty", "prompt")
-        call = await server.start_call(request, [(x, True) for x in prompts], body, body.max_tokens)
+        raw = not (body.as_question and all(isinstance(x, str) for x in prompts))
+        call = await server.start_call(request, [(x, raw) for x in prompts], body, body.max_tokens)
         return await _respond(server, call, body, chat=False)
 
     return app

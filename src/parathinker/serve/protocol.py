@@ -31,6 +31,9 @@ class ParaThinkerFields(_Body):
     top_k: int | None = None
     return_paths: bool = False
     stream_paths: bool = False
+    # the prompt is a question: formatted exactly as `parathinker generate QUESTION` / LLM.generate do
+    # (the checkpoint's chat template and instruction), e.g. for `parathinker eval --base-url`
+    as_question: bool = False
 
 
 class CommonFields(ParaThinkerFields):
