@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from parathinker.errors import ConfigError
 from parathinker.serve.config import BUNDLED_MODEL_NAME, ServeConfig
-from parathinker.serve.ray_serve import REPLICA_HEADER, RayConfig, ReplicaArgs, app_builder
+from parathinker.serve.ray_serve import REPLICA_HEADER, RayConfig, ReplicaArgs, app_builder, require_ray
 
 PROBLEM = ("graph : 19 > 72 , 73 > 48 , 77 > 49 , 96 > 98 , 52 > 73 , 52 > 77 , 19 > 26 , 62 > 96 , 77 > 62 , "
            "35 > 45 , 93 > 10 , 48 > 57 , 49 > 51 , 48 > 93 , 52 > 35 , 45 > 19 ; find path 52 to 57")
@@ -21,6 +22,28 @@ def test_ray_config_is_checked() -> None:
     assert RayConfig(replicas=2).wanted and RayConfig(ray_address="auto").wanted and not RayConfig().wanted
     with pytest.raises(ConfigError, match="unknown app_builder args"):
         app_builder({"modle": "x"})
+
+
+def test_without_ray_replicas_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from parathinker.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, as where it is not installed
+    with pytest.raises(ConfigError, match=r"pip install 'parathinker\[ray\]'"):
+        require_ray()
+    assert main(["serve", "--replicas", "2"]) == 2
+
+
+def test_config_file_builds_the_application() -> None:
+    pytest.importorskip("ray", reason="needs Ray: pip install 'parathinker[ray]'")
+    import yaml
+    from ray.serve import Application
+
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "configs" / "ray-serve.yaml").read_text())
+    app = cfg["applications"][0]
+    assert app["import_path"] == "parathinker.serve.ray_serve:app_builder"
+    assert isinstance(app_builder(app["args"]), Application)
 
 
 def _free_port() -> int:
