@@ -122,9 +122,10 @@ async def _level(url: str, model: str, c: int, work: list[tuple[str, int]], args
     }
 
 
-def _engine_baseline(levels: list[int], work: list[tuple[str, int]], args: argparse.Namespace) -> dict[str, float]:
+def _engine_baseline(levels: list[int], work: list[tuple[str, int]], args: argparse.Namespace) -> dict[str, dict]:
     """The same requests, the same closed loop (C in flight, a new one as one finishes), on the engine
-    in this process: step() in a loop, no HTTP, no threads. What the server's numbers are bounded by."""
+    in this process: step() in a loop, no HTTP, no threads. What the server's numbers are bounded by;
+    with the step's cost per sequence row (does a bigger batch make a row cheaper?)."""
     from dataclasses import replace
 
     from parathinker import LLM, CacheConfig
@@ -135,17 +136,25 @@ def _engine_baseline(levels: list[int], work: list[tuple[str, int]], args: argpa
     dp, ds = llm.default_params()
     pp = replace(dp, num_paths=args.paths)
 
-    def closed(c: int, items: list[tuple[str, int]]) -> float:
+    def closed(c: int, items: list[tuple[str, int]]) -> dict[str, float]:
         t0, sent, done, inflight = time.perf_counter(), 0, 0, 0
+        steps, step_s, rows = 0, 0.0, 0
         while done < len(items):
             while inflight < c and sent < len(items):
                 problem, seed = items[sent]
                 llm.add_request([{"role": "user", "content": problem}], pp, replace(ds, seed=seed))
                 sent, inflight = sent + 1, inflight + 1
-            for d in llm.engine.step():
+            t = time.perf_counter()
+            deltas = llm.engine.step()
+            step_s += time.perf_counter() - t
+            steps += 1
+            rows += len({(d.request_id, d.part, d.index) for d in deltas})  # sequences that made a token
+            for d in deltas:
                 if d.finished:
                     done, inflight = done + 1, inflight - 1
-        return len(items) / (time.perf_counter() - t0)
+        return {"requests_per_s": len(items) / (time.perf_counter() - t0), "steps": steps,
+                "mean_step_ms": 1000 * step_s / steps, "mean_rows_per_step": rows / steps,
+                "us_per_row": 1e6 * step_s / max(rows, 1)}
 
     closed(2, work[: args.warmup])
     return {str(c): closed(c, work) for c in levels}
@@ -164,7 +173,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax[0].plot(cs, cs, ":", color="gray", label="ideal (C x)")
     eng = report.get("engine_only_requests_per_s")
     if eng:
-        ax[0].plot(cs, [eng[str(c)] / eng[str(cs[0])] for c in cs], "s--", label="engine alone (no HTTP)")
+        e1 = eng[str(cs[0])]["requests_per_s"]
+        ax[0].plot(cs, [eng[str(c)]["requests_per_s"] / e1 for c in cs], "s--", label="engine alone (no HTTP)")
     ax[0].axhline(4, color="red", lw=0.8, ls="--", label="target 4x at C=32")
     ax[0].set_xscale("log", base=2)
     ax[0].set_yscale("log", base=2)
@@ -262,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     (out / "serve_load.json").write_text(json.dumps(report, indent=2))
     _plot(report, out / "serve_load.png")
     for r in results:
-        e = f"; engine alone {engine[str(r['concurrency'])]:.2f} req/s, " \
-            f"{engine[str(r['concurrency'])] / engine[str(levels[0])]:.2f}x" if engine else ""
+        e = ""
+        if engine:
+            x, x1 = engine[str(r["concurrency"])], engine[str(levels[0])]
+            e = (f"; engine alone {x['requests_per_s']:.2f} req/s, {x['requests_per_s'] / x1['requests_per_s']:.2f}x, "
+                 f"{x['mean_step_ms']:.1f} ms/step over {x['mean_rows_per_step']:.0f} rows = {x['us_per_row']:.0f} us/row")
         print(f"C={r['concurrency']:3d}: {r['ratio_vs_c1']:.2f}x one-at-a-time{e}")
     print(f"same work at every level: {report['same_work_every_level']}; accuracy {report['accuracy']:.2f}; "
           f"server exit code after SIGTERM: {rc}; wrote {out / 'serve_load.json'} and .png")
