@@ -122,6 +122,44 @@ async def _level(url: str, model: str, c: int, work: list[tuple[str, int]], args
     }
 
 
+def _engine_baseline(levels: list[int], work: list[tuple[str, int]], args: argparse.Namespace) -> dict[str, dict]:
+    """The same requests, the same closed loop (C in flight, a new one as one finishes), on the engine
+    in this process: step() in a loop, no HTTP, no threads. What the server's numbers are bounded by;
+    with the step's cost per sequence row (does a bigger batch make a row cheaper?)."""
+    from dataclasses import replace
+
+    from parathinker import LLM, CacheConfig
+
+    extra = args.server_args.split()
+    gib = float(extra[extra.index("--kv-cache-memory") + 1]) if "--kv-cache-memory" in extra else None
+    llm = LLM(args.model, threads=args.threads, cache=CacheConfig(kv_cache_memory=gib))
+    dp, ds = llm.default_params()
+    pp = replace(dp, num_paths=args.paths)
+
+    def closed(c: int, items: list[tuple[str, int]]) -> dict[str, float]:
+        t0, sent, done, inflight = time.perf_counter(), 0, 0, 0
+        steps, step_s, rows = 0, 0.0, 0
+        while done < len(items):
+            while inflight < c and sent < len(items):
+                problem, seed = items[sent]
+                llm.add_request([{"role": "user", "content": problem}], pp, replace(ds, seed=seed))
+                sent, inflight = sent + 1, inflight + 1
+            t = time.perf_counter()
+            deltas = llm.engine.step()
+            step_s += time.perf_counter() - t
+            steps += 1
+            rows += len({(d.request_id, d.part, d.index) for d in deltas})  # sequences that made a token
+            for d in deltas:
+                if d.finished:
+                    done, inflight = done + 1, inflight - 1
+        return {"requests_per_s": len(items) / (time.perf_counter() - t0), "steps": steps,
+                "mean_step_ms": 1000 * step_s / steps, "mean_rows_per_step": rows / steps,
+                "us_per_row": 1e6 * step_s / max(rows, 1)}
+
+    closed(2, work[: args.warmup])
+    return {str(c): closed(c, work) for c in levels}
+
+
 def _plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -133,6 +171,10 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     ax[0].plot(cs, [x["ratio_vs_c1"] for x in lv], "o-", label="requests/s vs C=1")
     ax[0].plot(cs, cs, ":", color="gray", label="ideal (C x)")
+    eng = report.get("engine_only_requests_per_s")
+    if eng:
+        e1 = eng[str(cs[0])]["requests_per_s"]
+        ax[0].plot(cs, [eng[str(c)]["requests_per_s"] / e1 for c in cs], "s--", label="engine alone (no HTTP)")
     ax[0].axhline(4, color="red", lw=0.8, ls="--", label="target 4x at C=32")
     ax[0].set_xscale("log", base=2)
     ax[0].set_yscale("log", base=2)
@@ -157,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="--model for the spawned server (default: bundled)")
     ap.add_argument("--served-model", default=None, help="model name to send (default: the server's /v1/models)")
     ap.add_argument("--threads", default="1", help="--threads of the spawned server")
+    ap.add_argument("--server-args", default="", help="more options for the spawned server, e.g. '--kv-cache-memory 0.25'")
+    ap.add_argument("--no-engine-baseline", action="store_true",
+                    help="skip the same closed loop run on the engine in this process, without HTTP, after the server")
     ap.add_argument("--api-key", default="none")
     ap.add_argument("--concurrency", default="1,8,32,64", help="comma list of C")
     ap.add_argument("--requests", type=int, default=64, help="requests per level (the same ones at every level)")
@@ -183,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                "--threads", args.threads, "--log-level", "warning"]
         if args.model:
             cmd += ["--model", args.model]
+        cmd += args.server_args.split()
         proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         url = f"http://127.0.0.1:{port}"
     try:
@@ -207,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 rc = "killed"
+    engine = None if args.no_engine_baseline or args.url else _engine_baseline(levels, work, args)
     base = results[0]["requests_per_s"]
     for r in results:
         r["ratio_vs_c1"] = r["requests_per_s"] / base
@@ -218,12 +265,19 @@ def main(argv: list[str] | None = None) -> int:
                                      for r in results),
         "accuracy": sum(q.check(a) for q, a in zip(problems, ref["answers"])) / len(problems),
         "server_exit_code_after_sigterm": rc,
+        "server_args": args.server_args,
         "levels": [{k: v for k, v in r.items() if k != "answers"} for r in results],
+        "engine_only_requests_per_s": engine,
     }
     (out / "serve_load.json").write_text(json.dumps(report, indent=2))
     _plot(report, out / "serve_load.png")
     for r in results:
-        print(f"C={r['concurrency']:3d}: {r['ratio_vs_c1']:.2f}x one-at-a-time")
+        e = ""
+        if engine:
+            x, x1 = engine[str(r["concurrency"])], engine[str(levels[0])]
+            e = (f"; engine alone {x['requests_per_s']:.2f} req/s, {x['requests_per_s'] / x1['requests_per_s']:.2f}x, "
+                 f"{x['mean_step_ms']:.1f} ms/step over {x['mean_rows_per_step']:.0f} rows = {x['us_per_row']:.0f} us/row")
+        print(f"C={r['concurrency']:3d}: {r['ratio_vs_c1']:.2f}x one-at-a-time{e}")
     print(f"same work at every level: {report['same_work_every_level']}; accuracy {report['accuracy']:.2f}; "
           f"server exit code after SIGTERM: {rc}; wrote {out / 'serve_load.json'} and .png")
     return 0

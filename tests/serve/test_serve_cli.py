@@ -44,13 +44,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serves_then_sigterm_exits_cleanly() -> None:
+def test_serves_then_sigterm_drains_and_exits_cleanly() -> None:
+    import http.client
+
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "parathinker", "serve", "--port", str(port), "--threads", "1",
                              "--served-model-name", "pf", "--log-level", "warning"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
+    question = "graph : 10 > 11 , 11 > 12 , 10 > 13 ; find path 10 to 12"
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -62,14 +65,25 @@ def test_serves_then_sigterm_exits_cleanly() -> None:
                         break
             except OSError:
                 time.sleep(0.2)
-        body = json.dumps({"model": "pf", "messages": [{"role": "user", "content":
-                           "graph : 10 > 11 , 11 > 12 , 10 > 13 ; find path 10 to 12"}], "seed": 0}).encode()
+        body = json.dumps({"model": "pf", "messages": [{"role": "user", "content": question}], "seed": 0}).encode()
         req = urllib.request.Request(url + "/v1/chat/completions", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:
             out = json.loads(r.read())
         assert out["model"] == "pf" and out["choices"][0]["message"]["content"]
-    finally:
+        # a stream in flight when SIGTERM arrives is finished, not cut
+        h = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        h.request("POST", "/v1/chat/completions", json.dumps(
+            {"model": "pf", "messages": [{"role": "user", "content": question}], "seed": 1, "stream": True,
+             "n": 4, "max_path_tokens": 128}), {"Content-Type": "application/json"})
+        resp = h.getresponse()
+        assert resp.status == 200 and resp.readline().startswith(b"data: ")  # the stream has started
         proc.send_signal(signal.SIGTERM)
+        rest = resp.read().decode()
+        assert rest.rstrip().endswith("data: [DONE]") and rest.count('"finish_reason": "stop"') + rest.count(
+            '"finish_reason": "length"') == 4
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
         try:
             _, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:

@@ -7,7 +7,7 @@ dataclasses (one-line messages), not here: these models only fix the JSON types.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -86,5 +86,3 @@ def error_json(message: str, type_: str, code: str | None, param: str | None = N
     """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
     return {"error": ErrorBody(message=message, type=type_, param=param, code=code).model_dump()}
 
-
-FinishReason = Literal["stop", "length"]
