@@ -87,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     from .eval.cli import register as register_eval
+    from .serve.cli import register as register_serve
     from .tasks.cli import register as register_task
     from .train.cli import register as register_train
 
-    for register in (register_train, register_eval, register_task):
+    for register in (register_train, register_eval, register_task, register_serve):
         register(sub)
     return parser
 

@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
         description="Evaluate a model; resumable: rerun the same command to continue a killed run.",
     )
     g = ev.add_argument_group("what to run")
-    g.add_argument("--model", required=True, help="model directory (or hub id) for parathinker.LLM")
+    g.add_argument("--model", help="model directory (or hub id) for parathinker.LLM (or --base-url)")
     g.add_argument("--benchmark", required=True,
                    help=f"comma list of {', '.join(BENCHMARK_NAMES)}, {PATHFIND} (the bundled task's held-out set, "
                    "made in memory) or paths to .jsonl files (problem + answer)")
@@ -42,7 +42,8 @@ def register(subparsers: Any) -> None:
                    "without it named benchmarks are downloaded from the Hugging Face hub")
     g.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
     g.add_argument("--shard", default="0/1", help="i/n: run the i-th of n disjoint parts (0-based)")
-    g.add_argument("--batch-size", type=int, default=1, help="problems per generate call")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="problems per generate call (default 1; with --base-url: --concurrency)")
     g.add_argument("--device", help="device for the model (default: the engine's)")
     g.add_argument("--threads", default="auto", type=parse_threads,
                    help="torch CPU threads: a number, or auto (1 for models under 20M parameters, else torch's)")
@@ -55,7 +56,14 @@ def register(subparsers: Any) -> None:
                    help="run the tunnel-vision experiment instead (sequential; uses --samples, --limit)")
     g.add_argument("--tunnel-prefixes", default="100,200,400,800,1600", help="prefix lengths in tokens")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # what is typed wins, the rest comes from the checkpoint's parathinker.json, then the library
+    r = ev.add_argument_group("a served model (instead of --model): parathinker serve, or its Ray Serve replicas")
+    r.add_argument("--base-url", action="append", default=[],
+                   help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; repeat for replicas")
+    r.add_argument("--served-model", help="model name on the server (default: the one it serves)")
+    r.add_argument("--concurrency", type=int, default=32,
+                   help="requests in flight over all URLs; with --base-url, --batch-size defaults to it")
+    r.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    # what is typed wins, the rest comes from the checkpoint's parathinker.json (or the server's), then the library
     add_dataclass_args(ev, SamplingParams, skip=("seed",), layered=True)
     add_dataclass_args(ev, ParallelParams, skip=("num_paths", "mode"), layered=True)
     ev.set_defaults(func=cmd_eval)
@@ -89,7 +97,10 @@ def settings_from_args(args: argparse.Namespace, style: PromptStyle | None = Non
     """EvalSettings from parsed ``eval`` options: what is typed > the checkpoint's defaults (``style``)
     > the library's, by the one rule ``PromptStyle.resolve`` (the model path is made absolute if it
     exists). The summary prefix is kept as typed (None: the engine uses the checkpoint's)."""
-    model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    if getattr(args, "base_url", None):  # the run is tied to the served model's name (a resume must ask it again)
+        model = f"served:{args.served_model}"
+    else:
+        model = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
     pp, sp = (style or PromptStyle()).resolve(
         dataclass_from_args(ParallelParams, args), dataclass_from_args(SamplingParams, args)
     )
@@ -108,7 +119,7 @@ def plan_from_args(args: argparse.Namespace, benchmarks: tuple[str, ...]) -> Run
     return RunPlan(
         benchmarks=benchmarks, methods=methods, paths=parse_int_list(args.paths, "--paths"),
         samples=args.samples, vote=args.vote, limit=args.limit, shard=parse_shard(args.shard),
-        batch_size=args.batch_size, save_text=args.save_text,
+        batch_size=args.batch_size or (args.concurrency if args.base_url else 1), save_text=args.save_text,
         tunnel_prefixes=parse_int_list(args.tunnel_prefixes, "--tunnel-prefixes"),
     )
 
@@ -119,10 +130,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     labels = tuple(benchmark_label(s) for s in specs)
     if len(set(labels)) != len(labels):
         raise ConfigError(f"--benchmark: two benchmarks share the name {labels}; rename a file")
+    remote = None
+    if args.base_url:
+        if args.model is not None:
+            raise ConfigError("give --model (in-process) or --base-url (a served model), not both")
+        if args.tunnel_vision:
+            raise ConfigError("--tunnel-vision runs in-process only: give --model instead of --base-url")
+        from .remote import RemoteLLM
+
+        remote = RemoteLLM(args.base_url, args.served_model, concurrency=args.concurrency,
+                           api_key_env=args.api_key_env)
+        args.served_model = remote.served_model
+    elif args.model is None:
+        raise ConfigError("give --model DIR (in-process) or --base-url URL (a served model)")
     plan = plan_from_args(args, labels)
-    settings = settings_from_args(args, checkpoint_style(args.model))
+    # over HTTP the server applies its checkpoint's defaults to what is not typed
+    settings = settings_from_args(args, None if remote is not None else checkpoint_style(args.model))
     problems = {lab: load_benchmark(spec, args.data_dir) for lab, spec in zip(labels, specs)}
-    llm = load_llm(args.model, args.device, args.threads)
+    if remote is not None:
+        remote.check(plan.cells())
+    llm = remote if remote is not None else load_llm(args.model, args.device, args.threads)
     if args.tunnel_vision:
         new = run_tunnel_vision(llm, problems, plan, settings, args.out, progress=not args.no_progress)
     else:
