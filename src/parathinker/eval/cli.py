@@ -148,7 +148,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, None if remote is not None else checkpoint_style(args.model))
     problems = {lab: load_benchmark(spec, args.data_dir) for lab, spec in zip(labels, specs)}
     if remote is not None:
-        remote.check(plan.cells())
+        remote.check_plan(plan.cells())
     llm = remote if remote is not None else load_llm(args.model, args.device, args.threads)
     if args.tunnel_vision:
         new = run_tunnel_vision(llm, problems, plan, settings, args.out, progress=not args.no_progress)

@@ -146,7 +146,7 @@ class RemoteLLM:
             cards.append(next(m for m in data if m["id"] == pick))
         return cards[0]
 
-    def check(self, methods_paths: Sequence[tuple[str, int]]) -> None:
+    def check_plan(self, methods_paths: Sequence[tuple[str, int]]) -> None:
         """Fail before the first sample when the served model cannot run a row (too many paths)."""
         most = self.card.get("max_paths")
         for method, p in methods_paths:
