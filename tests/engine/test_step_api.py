@@ -11,12 +11,12 @@ import threading
 from collections import defaultdict
 
 import pytest
+from scenarios import all_seqs, mixed_specs
 
 from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
 from parathinker.engine.outputs import RequestDelta
 from parathinker.engine.sequence import RequestSpec
 from parathinker.errors import OutOfPagesError
-from scenarios import all_seqs, mixed_specs
 
 PATHFIND = ("graph : 19 > 72 , 73 > 48 , 77 > 49 , 96 > 98 , 52 > 73 , 52 > 77 , 19 > 26 , 62 > 96 , 77 > 62 , "
             "35 > 45 , 93 > 10 , 48 > 57 , 49 > 51 , 48 > 93 , 52 > 35 , 45 > 19 ; find path 52 to 57")

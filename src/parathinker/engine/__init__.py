@@ -1,11 +1,11 @@
 """The inference engine: paged KV pool, batched path decoding, termination, summary over reused KV."""
 
+from ..prompting import PromptStyle, encode_prompt, format_prompt
 from .engine import Engine
 from .kv_cache import CacheConfig
 from .llm import LLM
 from .outputs import PathOutput, RequestOutput, ScoreOutput, SummaryOutput
 from .params import ParallelParams, SamplingParams
-from .prompting import PromptStyle, encode_prompt, format_prompt
 
 __all__ = [
     "LLM", "CacheConfig", "Engine", "ParallelParams", "PathOutput", "PromptStyle", "RequestOutput",

@@ -15,12 +15,12 @@ import torch
 from ..errors import ConfigError, TokenizerError
 from ..layout import IGNORE_INDEX, pack
 from ..model import load_model
+from ..prompting import Prompt, PromptStyle, encode_prompt, format_prompt
 from ..tokens import ControlTokens, load_tokenizer
 from .engine import Engine
 from .kv_cache import CacheConfig
 from .outputs import RequestOutput, ScoreOutput, build_output
 from .params import ParallelParams, SamplingParams
-from .prompting import Prompt, PromptStyle, encode_prompt, format_prompt
 from .sequence import Request, RequestSpec
 
 

@@ -8,10 +8,6 @@ from typing import Literal
 from ..errors import ConfigError
 from ..layout import LayoutConfig
 
-RELEASED_SUMMARY_PREFIX = (
-    "By analyzing multiple reasoning processes above, I concluded that: The final answer is"
-)
-
 Mode = Literal["parathinker", "sequential", "majority", "reprefill"]
 MODES: tuple[str, ...] = ("parathinker", "sequential", "majority", "reprefill")
 
