@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from parathinker.engine.cpu_gemm import PackedLinear, packing_problem
+from parathinker.engine.decode.cpu_gemm import PackedLinear, packing_problem
 
 SHAPES = {  # hidden, layers, heads, kv heads, head dim, intermediate, vocab
     "bundled": (256, 4, 8, 2, 32, 768, 148),

@@ -119,7 +119,7 @@ def graph_replay_ms(llm, rows: int, n: int = 20) -> float | None:  # noqa: ANN00
     The rest of a step (sampling, the host's bookkeeping, the copies) is engine_ms - replay_ms. The
     replay rewrites the last step's K/V with the same values: harmless after the run.
     """
-    from parathinker.engine.graph_runner import bucket_for
+    from parathinker.engine.decode.graphs import bucket_for
 
     dec = llm.engine.runner.decoder
     st = dec.states.get(bucket_for(rows)) if dec is not None else None

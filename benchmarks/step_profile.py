@@ -57,7 +57,7 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
-    from parathinker.engine.graph_runner import bucket_for
+    from parathinker.engine.decode.graphs import bucket_for
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

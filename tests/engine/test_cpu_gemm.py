@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
-from parathinker.engine import cpu_gemm
-from parathinker.engine.cpu_gemm import PackedLinear, packing_problem
-from parathinker.engine.fused import FusedDecoder
+from parathinker.engine.decode import cpu_gemm
+from parathinker.engine.decode.cpu_gemm import PackedLinear, packing_problem
+from parathinker.engine.decode.fused import FusedDecoder
 from parathinker.model import load_model
 
 KW = dict(kv_cache_memory=0.05, page_size=4)
@@ -51,9 +51,9 @@ def test_packed_copy_follows_in_place_edits():
 def _decode_step(model, fused: FusedDecoder | None) -> torch.Tensor:  # noqa: ANN001
     """One decode step of 3 rows (paths sharing a 5-token prompt) over a random cache: final hidden states,
     through ``fused`` or (None) the modular model."""
-    from parathinker.engine.attention import PagedCascade
+    from parathinker.engine.attention.cascade import PagedCascade
     from parathinker.engine.block_manager import PagePool
-    from parathinker.engine.runner import Chunk
+    from parathinker.engine.plan import Chunk
 
     cfg = model.config
     cache = torch.randn(cfg.num_layers, 2, 16 * 4, cfg.num_kv_heads, cfg.head_dim,

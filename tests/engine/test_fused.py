@@ -16,10 +16,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams  # noqa: E402
-from parathinker.engine import kernels  # noqa: E402
-from parathinker.engine.attention import PagedCascade  # noqa: E402
-from parathinker.engine.fused import FusedDecoder  # noqa: E402
-from parathinker.engine.triton_decode import build_lists, merge_partials, row_entry_table  # noqa: E402
+from parathinker.engine.attention.cascade import PagedCascade  # noqa: E402
+from parathinker.engine.attention.triton import build_lists, merge_partials, row_entry_table  # noqa: E402
+from parathinker.engine.decode import kernels  # noqa: E402
+from parathinker.engine.decode.fused import FusedDecoder  # noqa: E402
 from parathinker.model import load_model  # noqa: E402
 
 needs_cpu = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test; tests/gpu runs the real one")
@@ -145,7 +145,7 @@ def test_fuse_projections_views_and_values(tiny_qwen2):
 def test_fused_forward_equals_modular(tiny_llama, use_triton):
     """One decode step of 4 rows (3 paths sharing a prompt + 1 other request) through both forwards."""
     from parathinker.engine.block_manager import PagePool
-    from parathinker.engine.runner import Chunk
+    from parathinker.engine.plan import Chunk
 
     model = load_model(tiny_llama)
     cfg = model.config

@@ -16,10 +16,14 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
 from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams  # noqa: E402
-from parathinker.engine import graph_runner  # noqa: E402
 from parathinker.engine.block_manager import PagePool  # noqa: E402
-from parathinker.engine.graph_runner import Caps, Plan, bucket_for  # noqa: E402
-from parathinker.engine.runner import Chunk  # noqa: E402
+from parathinker.engine.decode import graphs as graph_runner  # noqa: E402
+from parathinker.engine.decode.graphs import bucket_for
+from parathinker.engine.plan import (  # noqa: E402
+    Caps,
+    Chunk,  # noqa: E402
+    Plan,
+)
 
 needs_cpu = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test; tests/gpu runs the real one")
 

@@ -11,8 +11,8 @@ import torch
 os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU: interpret the kernel; on CUDA this is unset by the user
 triton = pytest.importorskip("triton")
 
+from parathinker.engine.attention.triton import build_lists, decode_attention, row_entry_table  # noqa: E402
 from parathinker.engine.block_manager import PagePool  # noqa: E402
-from parathinker.engine.triton_decode import build_lists, decode_attention, row_entry_table  # noqa: E402
 
 
 def _reference(q, k_cache, v_cache, reads):

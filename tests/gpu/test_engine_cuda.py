@@ -54,8 +54,8 @@ def test_cuda_generation_runs_and_returns_pages(tiny_qwen2):
 
 def test_triton_decode_kernel_compiled_matches_reference():
     """The compiled kernel at a realistic shape (Qwen2.5-1.5B heads), bf16 cache, page tables, cascade lists."""
+    from parathinker.engine.attention.triton import build_lists, decode_attention, row_entry_table
     from parathinker.engine.block_manager import PagePool
-    from parathinker.engine.triton_decode import build_lists, decode_attention, row_entry_table
 
     torch.manual_seed(0)
     H, KVH, D, P, L, ps = 12, 2, 128, 16, 2048, 16

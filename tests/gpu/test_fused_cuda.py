@@ -25,7 +25,7 @@ def _tol(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_elementwise_kernels_match_twins(dtype):
-    from parathinker.engine import kernels
+    from parathinker.engine.decode import kernels
 
     g = torch.Generator(device="cuda").manual_seed(0)
     B = 16
@@ -56,8 +56,8 @@ def test_elementwise_kernels_match_twins(dtype):
 
 
 def test_merge_kernel_matches_torch_merge():
-    from parathinker.engine import kernels
-    from parathinker.engine.triton_decode import build_lists, merge_partials, row_entry_table
+    from parathinker.engine.attention.triton import build_lists, merge_partials, row_entry_table
+    from parathinker.engine.decode import kernels
 
     g = torch.Generator(device="cuda").manual_seed(1)
     G = H // KVH

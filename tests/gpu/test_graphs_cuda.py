@@ -100,7 +100,7 @@ def test_seeded_sampling_with_graphs_is_reproducible(tiny_qwen2):
 
 def test_graph_capture_grows_with_context(tiny_qwen2, monkeypatch):
     """Page tables that must grow mid-run: the bucket is re-captured and stays exact."""
-    from parathinker.engine import graph_runner
+    from parathinker.engine.decode import graphs as graph_runner
 
     monkeypatch.setattr(graph_runner, "MIN_TOKENS", 16)
     graph, _, ref = _llms(tiny_qwen2, page_size=4)

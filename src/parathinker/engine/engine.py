@@ -23,7 +23,8 @@ from .block_manager import PagePool
 from .detok import Decode, IncrementalDetokenizer
 from .kv_cache import CacheConfig
 from .outputs import RequestDelta, build_output, join_summary
-from .runner import Chunk, Feed, ModelRunner
+from .plan import Chunk, Feed
+from .runner import ModelRunner
 from .sampler import Row, resample_exact, sample_tensor
 from .sequence import Request, RequestSpec, Seq
 

@@ -2,60 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import chain
 
 import torch
 
 from ..model import ParaThinkerForCausalLM
-from .attention import (
-    PackedPrompts,
-    PagedCascade,
-    PagedCausal,
-    PagedReference,
-    build_metadata,
-    triton_available,
-)
-from .block_manager import Run
-from .fused import FusedDecoder
+from .attention.cascade import PagedCascade
+from .attention.prefill import PackedPrompts, PagedCausal
+from .attention.reference import PagedReference, build_metadata
+from .decode.fused import FusedDecoder
 from .kv_cache import CacheConfig, KVCache
+from .plan import Chunk, Feed
 
 MAX_MASK_ELEMENTS = 2**28  # a prefill's (rows x keys) mask stays under 1 GiB of float32; longer ones go in pieces
 MAX_PREFILL_TOKENS = 16384  # prompts packed into one prefill forward, at most this many tokens together
-
-
-@dataclass
-class Chunk:
-    """New tokens of one sequence for one forward. Their slots are already allocated (end of the last run)."""
-
-    tokens: list[int]
-    positions: list[int]
-    segments: list[int]
-    new_slots: list[int]
-    reads: list[Run]  # the runs it reads, in order; its own run (holding the new tokens) last
-    kinds: torch.Tensor | None = None  # re-prefill: layout kinds of its last m >= n keys (new tokens last); None = causal
-    shared_prefix: bool = False  # reads[0] is a prompt run its sibling sequences read too
-
-
-@dataclass
-class Feed:
-    """Decode inputs already on the device: row ``dst[i]`` of a step takes ``tokens[src[i]]`` (overlapped decoding)."""
-
-    tokens: torch.Tensor  # (N,) long, the previous step's draws
-    dst: list[int]
-    src: list[int]
-
-    def apply(self, ids: torch.Tensor) -> None:
-        """Write the fed tokens into ``ids`` ((B, 1), on the device), in stream order before the forward."""
-        if not self.dst:
-            return
-        n = len(self.dst)
-        if self.dst == self.src == list(range(n)):  # the steady state: every row continues, in the same order
-            ids[:n, 0].copy_(self.tokens[:n])
-            return
-        dev = ids.device
-        at = torch.tensor(self.dst, device=dev)
-        ids[:, 0].index_copy_(0, at, self.tokens.index_select(0, torch.tensor(self.src, device=dev)).to(ids.dtype))
 
 
 class ModelRunner:
@@ -72,7 +32,7 @@ class ModelRunner:
         self.causal_prefill = True  # multi-token chunks through PagedCausal (False: the masked reference, for comparisons)
         self.decoder = None  # decode steps through static per-bucket buffers (CUDA graphs on CUDA)
         if self.decode_backend == "triton":
-            from .graph_runner import DecodeGraphs
+            from .decode.graphs import DecodeGraphs
 
             self.decoder = DecodeGraphs(model, self.kv.data, cache_config.page_size, self.kv.num_pages,
                                         cache_config.cuda_graphs, cache_config.max_graph_batch, self.fused)
@@ -259,9 +219,15 @@ def _padded_inputs(chunks: list[Chunk], T: int) -> tuple[torch.Tensor, torch.Ten
 def resolve_backend(name: str, device: torch.device) -> str:
     """``auto``: the Triton decode kernel on CUDA when Triton is installed, else the torch cascade."""
     if name == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "cascade"
-    if name == "triton" and not triton_available():
+        return "triton" if device.type == "cuda" and _triton_available() else "cascade"
+    if name == "triton" and not _triton_available():
         from ..errors import ConfigError
 
         raise ConfigError("--attention triton needs the triton package (pip install triton)")
     return name
+
+
+def _triton_available() -> bool:
+    from .attention.triton import triton_available  # imported on demand: Triton reads TRITON_INTERPRET then
+
+    return triton_available()

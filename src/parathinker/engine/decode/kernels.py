@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .attention import write_kv
+from ..attention.base import write_kv
 
 try:
     import triton

@@ -27,16 +27,15 @@ same static path without capture.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
 from itertools import chain
 
 import numpy as np
 import torch
 
-from .attention import TritonDecode
-from .block_manager import Run
+from ..attention.triton import TritonDecode
+from ..block_manager import Run
+from ..plan import Caps, DecodeLists, Plan
 from .fused import FusedDecoder
-from .triton_decode import DecodeLists
 
 log = logging.getLogger(__name__)
 
@@ -54,80 +53,6 @@ def bucket_for(n: int) -> int:
         if b >= n:
             return b
     return -(-n // 64) * 64
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
-@dataclass(frozen=True)
-class Caps:
-    """Capacities of one bucket's buffers (see the module docstring)."""
-
-    ls: int  # shared lists (0: none)
-    qs: int  # rows per shared list
-    ps: int  # pages per shared list
-    l1: int  # single lists
-    p1: int  # pages per single list
-    k: int  # entries per row
-
-    def covers(self, other: Caps) -> bool:
-        return all(getattr(self, f.name) >= getattr(other, f.name) for f in fields(self))
-
-    def grown(self, need: Caps, min_pages: int, max_pages: int, max_q: int) -> Caps:
-        """Every field at least what ``need`` asks, rounded up to a power of two (pages: a floor)."""
-
-        def up(old: int, n: int, floor: int = 0) -> int:
-            return old if n <= old else max(_pow2(n), floor, 2 * old)
-
-        return Caps(
-            ls=up(self.ls, need.ls), qs=min(max_q, up(self.qs, need.qs)),
-            ps=min(max_pages, up(self.ps, need.ps, min_pages)), l1=up(self.l1, max(1, need.l1)),
-            p1=min(max_pages, up(self.p1, need.p1, min_pages)), k=up(self.k, need.k),
-        )
-
-
-@dataclass
-class Plan:
-    """One decode step in run terms: what each row writes and which lists it reads."""
-
-    ids: list[int]
-    positions: list[int]
-    segments: list[int]
-    slots: list[int]
-    shared: list[tuple[Run, list[int]]]  # (run, rows) read by several rows
-    single: list[tuple[Run, int]]  # (run, row)
-
-    @classmethod
-    def from_chunks(cls, chunks, max_rows: int) -> Plan:  # noqa: ANN001 - runner.Chunk (import cycle)
-        """Rows whose first run is a prompt their siblings read too share one list (up to ``max_rows`` rows)."""
-        groups: dict[int, list[int]] = {}
-        for b, c in enumerate(chunks):
-            if c.shared_prefix:
-                groups.setdefault(id(c.reads[0]), []).append(b)
-        shared: list[tuple[Run, list[int]]] = []
-        in_shared = set()
-        for rows in groups.values():
-            if len(rows) > 1:
-                run = chunks[rows[0]].reads[0]
-                shared.extend((run, rows[i : i + max_rows]) for i in range(0, len(rows), max_rows))
-                in_shared.update(rows)
-        single = [(r, b) for b, c in enumerate(chunks) for r in (c.reads[1:] if b in in_shared else c.reads) if r.length]
-        return cls([c.tokens[0] for c in chunks], [c.positions[0] for c in chunks], [c.segments[0] for c in chunks],
-                   [c.new_slots[0] for c in chunks], shared, single)
-
-    def need(self) -> Caps:
-        per_row = [0] * len(self.ids)
-        for _, rows in self.shared:
-            for r in rows:
-                per_row[r] += 1
-        for _, r in self.single:
-            per_row[r] += 1
-        return Caps(
-            ls=len(self.shared), qs=max((len(r) for _, r in self.shared), default=0),
-            ps=max((len(run.pages) for run, _ in self.shared), default=0), l1=len(self.single),
-            p1=max((len(run.pages) for run, _ in self.single), default=0), k=max(per_row, default=0),
-        )
 
 
 class DecodeState:
