@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
+from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams
 from parathinker.engine.sequence import Request, RequestSpec, Seq
 
 
@@ -67,8 +67,9 @@ def churn_equals_reference(ckpt, attention: str, device: str, tol: float = 1e-5)
         specs.append(RequestSpec([rng.randrange(4, 50) for _ in range(rng.randrange(1, 23))], pp, sp, [30]))
     runs = []
     for att in (attention, "reference"):
-        llm = LLM(ckpt, device=device, dtype="float32", cache=CacheConfig(num_pages=48, page_size=4, attention=att))
-        llm.engine.runner.causal_prefill = att != "reference"  # the oracle: explicit masks for prefill chunks too
+        # the oracle: explicit masks for prefill chunks too
+        decode = DecodeConfig(attention=att, reference_prefill=att == "reference")
+        llm = LLM(ckpt, device=device, dtype="float32", cache=CacheConfig(num_pages=48, page_size=4), decode=decode)
         reqs = llm.engine.run(specs)
         runs.append([(s.body, s.logprobs) for r in reqs for s in all_seqs(r)])
         assert llm.engine.pool.num_free == 47

@@ -7,10 +7,18 @@ from typing import TYPE_CHECKING, Any
 from .errors import ParaThinkerError
 
 if TYPE_CHECKING:
-    from .engine import LLM, CacheConfig, ParallelParams, RequestOutput, SamplingParams, ScoreOutput
+    from .engine import (
+        LLM,
+        CacheConfig,
+        DecodeConfig,
+        ParallelParams,
+        RequestOutput,
+        SamplingParams,
+        ScoreOutput,
+    )
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "CacheConfig", "ParallelParams", "ParaThinkerError", "RequestOutput", "SamplingParams", "ScoreOutput"]
+__all__ = ["LLM", "CacheConfig", "DecodeConfig", "ParallelParams", "ParaThinkerError", "RequestOutput", "SamplingParams", "ScoreOutput"]
 
 
 def __getattr__(name: str) -> Any:  # noqa: ANN401

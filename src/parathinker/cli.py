@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .cliutil import add_dataclass_args, dataclass_from_args
+from .engine.decode.config import DecodeConfig
 from .engine.kv_cache import CacheConfig
 from .engine.params import ParallelParams, SamplingParams
 from .errors import ParaThinkerError
@@ -36,6 +37,7 @@ def _add_generate(sub: Any) -> None:
     add_dataclass_args(p, ParallelParams)
     add_dataclass_args(p, SamplingParams)
     add_dataclass_args(p, CacheConfig)
+    add_dataclass_args(p, DecodeConfig)
     p.set_defaults(func=_generate)
 
 
@@ -51,10 +53,11 @@ def _generate(args: argparse.Namespace) -> int:
     from .engine.llm import LLM
 
     cache = dataclass_from_args(CacheConfig, args)
+    decode = dataclass_from_args(DecodeConfig, args)
     # validate options before the (slow) model load
     dataclass_from_args(ParallelParams, args)
     dataclass_from_args(SamplingParams, args)
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, cache=cache, threads=args.threads)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, cache=cache, decode=decode, threads=args.threads)
     dp, ds = llm.default_params()
     import dataclasses
 

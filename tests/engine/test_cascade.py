@@ -16,7 +16,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # the triton row runs in Triton'
 
 from scenarios import churn_equals_reference  # noqa: E402
 
-from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams  # noqa: E402
+from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams  # noqa: E402
 from parathinker.engine.attention.cascade import PagedCascade  # noqa: E402
 
 
@@ -41,11 +41,14 @@ def _reference(cache, chunks, keys, layer, q, k, v):  # noqa: ANN001, ANN202
 
 
 def _pair(ckpt):  # noqa: ANN001
-    return [LLM(ckpt, cache=CacheConfig(kv_cache_memory=0.05, page_size=4, attention=a)) for a in ("cascade", "reference")]
+    return [LLM(ckpt, cache=CacheConfig(kv_cache_memory=0.05, page_size=4), decode=DecodeConfig(attention=a)) for a in ("cascade", "reference")]
 
 
 def test_cascade_is_the_cpu_default(tiny_qwen2):
-    assert LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05)).engine.runner.decode_backend == "cascade"
+    from parathinker.engine.decode.backend import CascadeDecode
+
+    engine = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05)).engine
+    assert isinstance(engine.runner.decoder, CascadeDecode) and engine.contiguous_paths
 
 
 @pytest.mark.parametrize("num_paths", [1, 3, 8])

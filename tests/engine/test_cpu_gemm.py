@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
+from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams
 from parathinker.engine.decode import cpu_gemm
 from parathinker.engine.decode.cpu_gemm import PackedLinear, packing_problem
 from parathinker.engine.decode.fused import FusedDecoder
@@ -123,14 +123,10 @@ def test_no_packing_when_the_op_fails_or_disagrees(monkeypatch):
 def test_engine_packs_on_the_cpu_by_default_and_gives_the_same_generations(tiny_qwen2):
     _packable(torch.float32)
     on = LLM(tiny_qwen2, cache=CacheConfig(**KW))
-    off = LLM(tiny_qwen2, cache=CacheConfig(packed_weights=False, **KW))
+    off = LLM(tiny_qwen2, cache=CacheConfig(**KW), decode=DecodeConfig(packed_weights=False))
     assert on.engine.runner.fused.packed and not off.engine.runner.fused.packed
     pp = ParallelParams(num_paths=4, max_path_tokens=8, summary_max_tokens=4)
     sp = SamplingParams(temperature=1.0, seed=3)
     a, b = on.generate([[5, 6, 7, 8]], pp, sp)[0], off.generate([[5, 6, 7, 8]], pp, sp)[0]
     assert [p.token_ids for p in a.paths] == [p.token_ids for p in b.paths]
     assert a.summary.token_ids == b.summary.token_ids
-    on.engine.runner.set_decode(packed=False)  # the benchmarks' switch
-    assert on.engine.runner.fused is not None and not on.engine.runner.fused.packed
-    c = on.generate([[5, 6, 7, 8]], pp, sp)[0]
-    assert [p.token_ids for p in c.paths] == [p.token_ids for p in b.paths]

@@ -15,7 +15,7 @@ import torch
 os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams  # noqa: E402
+from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams  # noqa: E402
 from parathinker.engine.block_manager import PagePool  # noqa: E402
 from parathinker.engine.decode import graphs as graph_runner  # noqa: E402
 from parathinker.engine.decode.graphs import bucket_for
@@ -65,8 +65,8 @@ def test_static_padded_path_scores_like_reference(tiny_qwen2, monkeypatch):
     """Teacher-forced scoring of 1, 3 and 5 paths (buckets 1, 4, 8: padded rows), page tables that grow."""
     monkeypatch.setattr(graph_runner, "MIN_TOKENS", 1)  # start with 1-page tables: every run re-grows them
     cache = dict(kv_cache_memory=0.05, page_size=4)
-    ref = LLM(tiny_qwen2, cache=CacheConfig(attention="reference", **cache))
-    tri = LLM(tiny_qwen2, cache=CacheConfig(attention="triton", **cache))
+    ref = LLM(tiny_qwen2, cache=CacheConfig(**cache), decode=DecodeConfig(attention="reference"))
+    tri = LLM(tiny_qwen2, cache=CacheConfig(**cache), decode=DecodeConfig(attention="triton"))
     rng = random.Random(5)
     for num_paths in (1, 3, 5):
         prompt = [rng.randrange(4, 50) for _ in range(9)]
@@ -86,8 +86,8 @@ def test_static_path_generation_with_split_shared_prompts(tiny_llama, monkeypatc
     """Two majority requests x 5 greedy samples (10 rows, bucket 16), each prompt in 3 shared lists."""
     monkeypatch.setattr(graph_runner, "MAX_QG", 4)  # G = 2: at most 2 rows per shared list
     cache = dict(kv_cache_memory=0.05, page_size=8)
-    ref = LLM(tiny_llama, cache=CacheConfig(attention="reference", **cache))
-    tri = LLM(tiny_llama, cache=CacheConfig(attention="triton", **cache))
+    ref = LLM(tiny_llama, cache=CacheConfig(**cache), decode=DecodeConfig(attention="reference"))
+    tri = LLM(tiny_llama, cache=CacheConfig(**cache), decode=DecodeConfig(attention="triton"))
     pp = ParallelParams(mode="majority", num_paths=5, max_path_tokens=6)
     sp = SamplingParams(temperature=0.0, ignore_eos=True)
     prompts = ["what is 1 + 2 ?", "the goal is node 3 from node 1 then back"]

@@ -79,10 +79,10 @@ def test_engine_with_triton_decode_equals_reference(tiny_qwen2):
     """Scoring runs every path and summary token as a decode step: the kernel backend must match."""
     if torch.cuda.is_available():
         pytest.skip("interpreter test")
-    from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
+    from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams
 
-    ref = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, attention="reference"))
-    tri = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, attention="triton"))
+    ref = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05), decode=DecodeConfig(attention="reference"))
+    tri = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05), decode=DecodeConfig(attention="triton"))
     rng = random.Random(3)
     prompt = [rng.randrange(4, 50) for _ in range(11)]
     paths = [[rng.randrange(4, 50) for _ in range(n)] for n in (3, 7, 1, 5)]

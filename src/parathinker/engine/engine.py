@@ -20,6 +20,7 @@ from ..layout import pack
 from ..model import ParaThinkerForCausalLM
 from ..tokens import ControlTokens
 from .block_manager import PagePool
+from .decode.config import DecodeConfig
 from .detok import Decode, IncrementalDetokenizer
 from .kv_cache import CacheConfig
 from .outputs import RequestDelta, build_output, join_summary
@@ -52,16 +53,20 @@ class Engine:
         eos_ids: tuple[int, ...],
         cache: CacheConfig | None = None,
         tokenizer: Any = None,
+        decode: DecodeConfig | None = None,
     ):
-        """``tokenizer``: decodes the text of streamed deltas and outputs (without one, texts are empty)."""
+        """``tokenizer``: decodes the text of streamed deltas and outputs (without one, texts are empty);
+        ``decode``: how decode steps run (backend, CUDA graphs, fused step, overlap)."""
         cache = cache or CacheConfig()
+        decode = decode or DecodeConfig()
+        self.cache_config, self.decode_config = cache, decode
         self.model = model
         self.control = control
         self.eos_ids = tuple(eos_ids)
-        self.runner = ModelRunner(model, cache)
+        self.runner = ModelRunner(model, cache, decode)
         self.pool = PagePool(self.runner.kv.num_pages, cache.page_size)
-        # paths' own K/V in side-by-side blocks where the decode attention reads them in place (the CPU cascade)
-        self.contiguous_paths = self.runner.decode_backend == "cascade"
+        # paths' own K/V in side-by-side blocks where the decode backend reads them in place (the CPU cascade)
+        self.contiguous_paths = self.runner.decoder.side_by_side_paths
         self._decode: Decode = (lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False)) if tokenizer \
             else (lambda ids: "")
         # the queue: add_request/abort (any thread) leave work in the inbox, step (one thread) takes it
@@ -76,7 +81,7 @@ class Engine:
         self._banned_plain = torch.tensor(control.all_ids if control else (), dtype=torch.long)
         # overlapped decoding (CUDA): launch step n+1 before reading step n's tokens on the host; the host's
         # bookkeeping then runs while the GPU computes. Same tokens as the synchronous loop (tests).
-        self.overlap = cache.overlap and self.runner.device.type == "cuda"
+        self.overlap = decode.overlap and self.runner.device.type == "cuda"
         self._inflight: Drawn | None = None  # the last step's draws, not yet read (overlap)
         self.redrawn_rows = 0  # rows drawn again exactly (a top-p nucleus wider than the sampler's window)
         self.discarded_steps = 0  # overlapped steps thrown away and re-run (an exact redraw changed an input)

@@ -9,6 +9,7 @@ terms (which rows share which list) and ``Caps`` the buffer capacities it needs;
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from itertools import chain
 
 import torch
 
@@ -146,3 +147,18 @@ class StepMetadata:
     slot_mapping: torch.Tensor  # (B, T) long: where each new token's k', v' go (padding -> slot 0, the null page)
     kv_slots: torch.Tensor  # (B, S) long: the slots each row reads, its new tokens last (padding -> 0)
     bias: torch.Tensor  # (B, 1, T, S) float additive mask
+
+
+def padded_inputs(chunks: list[Chunk], T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, T) long token ids, positions, segment ids, zero padded: one tensor each from flat lists."""
+    if T == 1:
+        return tuple(torch.tensor([[getattr(c, f)[0]] for c in chunks]) for f in ("tokens", "positions", "segments"))
+    lens = [len(c.tokens) for c in chunks]
+    rows = torch.repeat_interleave(torch.arange(len(chunks)), torch.tensor(lens))
+    cols = torch.cat([torch.arange(n) for n in lens])
+    out = []
+    for f in ("tokens", "positions", "segments"):
+        t = torch.zeros(len(chunks), T, dtype=torch.long)
+        t[rows, cols] = torch.tensor(list(chain.from_iterable(getattr(c, f) for c in chunks)))
+        out.append(t)
+    return out[0], out[1], out[2]

@@ -34,7 +34,7 @@ import torch
 
 from ..attention.triton import TritonDecode
 from ..block_manager import Run
-from ..plan import Caps, DecodeLists, Plan
+from ..plan import Caps, Chunk, DecodeLists, Feed, Plan
 from .fused import FusedDecoder
 
 log = logging.getLogger(__name__)
@@ -144,13 +144,18 @@ def _scatter_pages(table: np.ndarray, runs: list[Run]) -> None:
 
 
 class DecodeGraphs:
-    """Decode forwards through per-bucket static buffers; CUDA graphs captured and replayed when enabled."""
+    """Decode steps through per-bucket static buffers and the Triton kernel; CUDA graphs captured and replayed
+    when enabled (a ``backend.DecodeBackend``)."""
+
+    name = "triton"
+    side_by_side_paths = False  # the kernel reads pages through page tables: any layout
 
     def __init__(self, model, cache: torch.Tensor, page_size: int, num_pages: int,  # noqa: ANN001 - the model
                  use_graphs: bool, max_graph_batch: int, fused: FusedDecoder | None = None):
         cfg = model.config
         self.model = model
         self.fused = fused  # the fused decode forward (else the model's modular one)
+        self._head = fused or model  # the LM head of every forward (kept if the fused step is switched off)
         self.cache = cache
         self.page_size = page_size
         self.device = model.device
@@ -167,16 +172,11 @@ class DecodeGraphs:
         self.fused_error: str | None = None  # why the fused step was switched off, if it was
         self._fused_ran = False  # the fused step has run once (its kernels compiled) on this machine
 
-    def set_forward(self, fused: FusedDecoder | None) -> None:
-        """Decode through ``fused`` (None: the modular forward) from now on; captured graphs are dropped."""
-        self.fused = fused
-        for st in self.states.values():
-            if st.graph is not None:
-                st.graph.reset()
-            st.graph, st.out = None, None
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._head.logits(hidden)
 
-    def run(self, chunks, feed=None) -> torch.Tensor:  # noqa: ANN001 - list[runner.Chunk], runner.Feed
-        """Logits (len(chunks), V) of one decode step (valid until the next decode step); ``feed``: see ``runner.Feed``."""
+    def decode(self, chunks: list[Chunk], feed: Feed | None = None) -> torch.Tensor:
+        """Logits (len(chunks), V) of one decode step (valid until the next decode step); ``feed``: see ``plan.Feed``."""
         plan = Plan.from_chunks(chunks, self.max_q)
         n = len(chunks)
         B = bucket_for(n)
