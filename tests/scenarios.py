@@ -33,7 +33,7 @@ def outcome(reqs) -> list:  # noqa: ANN001
     """Per request: each sequence's kind, tokens and finish reason, and the token counts."""
     out = []
     for r in reqs:
-        out.append(([(s.kind, s.body, s.finish_reason) for s in all_seqs(r)],
+        out.append(([(s.role, s.body, s.finish_reason) for s in all_seqs(r)],
                     {k: v for k, v in r.stats.items() if k.endswith("_tokens")}))
     return out
 
@@ -48,7 +48,7 @@ def run_mixed(llm: LLM, overlap: bool, which: slice = slice(None)):  # noqa: ANN
     eng.overlap = overlap
     free = eng.pool.num_free
     reqs = eng.run(mixed_specs()[which])
-    assert eng._inflight is None and eng.pool.num_free == free  # nothing left in flight, every page returned
+    assert eng.draws.inflight is None and eng.pool.num_free == free  # nothing left in flight, every page returned
     return reqs
 
 

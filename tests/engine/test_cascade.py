@@ -48,7 +48,7 @@ def test_cascade_is_the_cpu_default(tiny_qwen2):
     from parathinker.engine.decode.backend import CascadeDecode
 
     engine = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05)).engine
-    assert isinstance(engine.runner.decoder, CascadeDecode) and engine.contiguous_paths
+    assert isinstance(engine.runner.decoder, CascadeDecode) and engine.scheduler.side_by_side_paths
 
 
 @pytest.mark.parametrize("num_paths", [1, 3, 8])

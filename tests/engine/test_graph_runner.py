@@ -53,11 +53,11 @@ def test_plan_shares_prompts_and_grows_capacities():
     assert all(run is prompt for run, _ in plan.shared)
     assert [(run, r) for run, r in plan.single] == [(owns[0], 0), (owns[1], 1), (owns[2], 2), (other, 3), (owns[3], 3)]
     need = plan.need()
-    assert need == Caps(ls=2, qs=2, ps=3, l1=5, p1=1, k=2)
+    assert need == Caps(shared_lists=2, shared_rows=2, shared_pages=3, single_lists=5, single_pages=1, row_entries=2)
     caps = Caps(0, 0, 0, 0, 0, 0).grown(need, min_pages=4, max_pages=100, max_q=2)
-    assert caps == Caps(ls=2, qs=2, ps=4, l1=8, p1=4, k=2) and caps.covers(need)
+    assert caps == Caps(shared_lists=2, shared_rows=2, shared_pages=4, single_lists=8, single_pages=4, row_entries=2) and caps.covers(need)
     bigger = caps.grown(Caps(1, 2, 9, 1, 1, 3), min_pages=4, max_pages=10, max_q=2)
-    assert bigger == Caps(ls=2, qs=2, ps=10, l1=8, p1=4, k=4)  # pages capped (by the pool)
+    assert bigger == Caps(shared_lists=2, shared_rows=2, shared_pages=10, single_lists=8, single_pages=4, row_entries=4)  # pages capped (by the pool)
 
 
 @needs_cpu
@@ -78,7 +78,7 @@ def test_static_padded_path_scores_like_reference(tiny_qwen2, monkeypatch):
     dec = tri.engine.runner.decoder
     assert set(dec.states) >= {1, 4, 8}
     assert dec.stats["eager"] > 0 and dec.stats["replays"] == 0  # no graphs off CUDA
-    assert max(st.caps.p1 for st in dec.states.values()) >= 4  # grew past the first 1-page tables
+    assert max(st.caps.single_pages for st in dec.states.values()) >= 4  # grew past the first 1-page tables
 
 
 @needs_cpu
@@ -97,4 +97,4 @@ def test_static_path_generation_with_split_shared_prompts(tiny_llama, monkeypatc
         for p, q in zip(x.paths, y.paths):
             assert max(abs(u - v) for u, v in zip(p.logprobs, q.logprobs)) <= 1e-4
     st = tri.engine.runner.decoder.states[16]
-    assert st.caps.ls >= 6 and st.caps.qs == 2
+    assert st.caps.shared_lists >= 6 and st.caps.shared_rows == 2

@@ -61,7 +61,7 @@ def test_overlap_with_requests_admitted_midrun_mixed(tiny_qwen2):
     orig = eng._prefill
 
     def spy(reqs):  # noqa: ANN001, ANN202
-        admitted.append((len(reqs), eng._inflight is not None))
+        admitted.append((len(reqs), eng.draws.inflight is not None))
         return orig(reqs)
 
     eng._prefill = spy

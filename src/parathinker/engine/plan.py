@@ -58,12 +58,12 @@ def _pow2(n: int) -> int:
 class Caps:
     """Capacities of one bucket's buffers (see the module docstring)."""
 
-    ls: int  # shared lists (0: none)
-    qs: int  # rows per shared list
-    ps: int  # pages per shared list
-    l1: int  # single lists
-    p1: int  # pages per single list
-    k: int  # entries per row
+    shared_lists: int  # lists read by several rows (a shared prompt; 0: none)
+    shared_rows: int  # rows per shared list
+    shared_pages: int  # pages per shared list
+    single_lists: int  # lists read by one row
+    single_pages: int  # pages per single list
+    row_entries: int  # partials a row merges
 
     def covers(self, other: Caps) -> bool:
         return all(getattr(self, f.name) >= getattr(other, f.name) for f in fields(self))
@@ -75,9 +75,12 @@ class Caps:
             return old if n <= old else max(_pow2(n), floor, 2 * old)
 
         return Caps(
-            ls=up(self.ls, need.ls), qs=min(max_q, up(self.qs, need.qs)),
-            ps=min(max_pages, up(self.ps, need.ps, min_pages)), l1=up(self.l1, max(1, need.l1)),
-            p1=min(max_pages, up(self.p1, need.p1, min_pages)), k=up(self.k, need.k),
+            shared_lists=up(self.shared_lists, need.shared_lists),
+            shared_rows=min(max_q, up(self.shared_rows, need.shared_rows)),
+            shared_pages=min(max_pages, up(self.shared_pages, need.shared_pages, min_pages)),
+            single_lists=up(self.single_lists, max(1, need.single_lists)),
+            single_pages=min(max_pages, up(self.single_pages, need.single_pages, min_pages)),
+            row_entries=up(self.row_entries, need.row_entries),
         )
 
 
@@ -111,6 +114,7 @@ class Plan:
                    [c.new_slots[0] for c in chunks], shared, single)
 
     def need(self) -> Caps:
+        """The buffer capacities this step needs."""
         per_row = [0] * len(self.ids)
         for _, rows in self.shared:
             for r in rows:
@@ -118,9 +122,9 @@ class Plan:
         for _, r in self.single:
             per_row[r] += 1
         return Caps(
-            ls=len(self.shared), qs=max((len(r) for _, r in self.shared), default=0),
-            ps=max((len(run.pages) for run, _ in self.shared), default=0), l1=len(self.single),
-            p1=max((len(run.pages) for run, _ in self.single), default=0), k=max(per_row, default=0),
+            shared_lists=len(self.shared), shared_rows=max((len(r) for _, r in self.shared), default=0),
+            shared_pages=max((len(run.pages) for run, _ in self.shared), default=0), single_lists=len(self.single),
+            single_pages=max((len(run.pages) for run, _ in self.single), default=0), row_entries=max(per_row, default=0),
         )
 
 
@@ -133,10 +137,6 @@ class DecodeLists:
     rows: torch.Tensor  # (L, Q) int32 query rows reading the list, padded with -1
     splits: int
 
-    @property
-    def num_entries(self) -> int:
-        """(list, query slot) pairs: the partial results this class hands to the merge."""
-        return self.rows.shape[0] * self.rows.shape[1]
 
 
 

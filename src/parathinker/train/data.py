@@ -26,7 +26,6 @@ from ..errors import DataError
 
 ROLES = ("system", "user", "assistant")
 _CONTROL_RE = re.compile(r"</?think\d+>|</?summary>")
-KNOWN_KEYS = {"id", "prompt", "messages", "paths", "summary", "answer"}
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ same static path without capture.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from itertools import chain
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +57,23 @@ def bucket_for(n: int) -> int:
     return -(-n // 64) * 64
 
 
+@dataclass
+class Buffers:
+    """One bucket's step inputs (see the module docstring), as views of one flat int32 buffer."""
+
+    ids: Any  # (B, 1) token ids
+    positions: Any  # (B, 1)
+    segments: Any  # (B, 1) segment ids
+    slots: Any  # (B,) where each row's new K/V go
+    shared_pages: Any  # (shared lists, pages) page tables of the lists several rows read
+    shared_lens: Any  # (shared lists,) tokens per list
+    shared_rows: Any  # (shared lists, rows) rows reading each list, -1 padded
+    single_pages: Any  # (single lists, pages)
+    single_lens: Any  # (single lists,)
+    single_rows: Any  # (single lists, 1)
+    row_entries: Any  # (B, entries) which partials each row merges, sentinel padded
+
+
 class DecodeState:
     """One bucket's buffers (host + device), its attention backend, and its graph once captured."""
 
@@ -62,8 +81,10 @@ class DecodeState:
         target = SPLIT_TARGET.get(device.type, SPLIT_TARGET_OTHER)
         self.rows, self.caps, self.device = rows, caps, device
         B, c = rows, caps
-        shapes = dict(ids=(B, 1), pos=(B, 1), seg=(B, 1), slot=(B,), s_pages=(c.ls, c.ps), s_lens=(c.ls,),
-                      s_rows=(c.ls, c.qs), p_pages=(c.l1, c.p1), p_lens=(c.l1,), p_rows=(c.l1, 1), entries=(B, c.k))
+        shapes = dict(ids=(B, 1), positions=(B, 1), segments=(B, 1), slots=(B,),
+                      shared_pages=(c.shared_lists, c.shared_pages), shared_lens=(c.shared_lists,),
+                      shared_rows=(c.shared_lists, c.shared_rows), single_pages=(c.single_lists, c.single_pages),
+                      single_lens=(c.single_lists,), single_rows=(c.single_lists, 1), row_entries=(B, c.row_entries))
         offsets, n = {}, 0
         for name, shape in shapes.items():
             offsets[name] = n
@@ -72,15 +93,17 @@ class DecodeState:
         self.host = torch.zeros(n, dtype=torch.int32, pin_memory=pin)
         self.dev = torch.zeros(n, dtype=torch.int32, device=device)
         self._np = self.host.numpy()
-        self.h = {k: self._np[o : o + int(np.prod(shapes[k]))].reshape(shapes[k]) for k, o in offsets.items()}
-        self.d = {k: self.dev[o : o + int(np.prod(shapes[k]))].view(shapes[k]) for k, o in offsets.items()}
+        # the fields as views of the two flat buffers: numpy on the host (filled per step), tensors on the device
+        self.host_views = Buffers(**{k: self._np[o : o + int(np.prod(shapes[k]))].reshape(shapes[k])
+                                     for k, o in offsets.items()})
+        self.views = Buffers(**{k: self.dev[o : o + int(np.prod(shapes[k]))].view(shapes[k]) for k, o in offsets.items()})
         self.classes = []
-        if c.ls:
-            self.classes.append(DecodeLists(self.d["s_pages"], self.d["s_lens"], self.d["s_rows"],
-                                            _splits(c.ls * kv_heads, target, 32)))
-        self.classes.append(DecodeLists(self.d["p_pages"], self.d["p_lens"], self.d["p_rows"],
-                                        _splits(c.l1 * kv_heads, target, 64)))
-        self.sentinel = c.ls * c.qs + c.l1
+        if c.shared_lists:
+            self.classes.append(DecodeLists(self.views.shared_pages, self.views.shared_lens, self.views.shared_rows,
+                                            _splits(c.shared_lists * kv_heads, target, 32)))
+        self.classes.append(DecodeLists(self.views.single_pages, self.views.single_lens, self.views.single_rows,
+                                        _splits(c.single_lists * kv_heads, target, 64)))
+        self.sentinel = c.shared_lists * c.shared_rows + c.single_lists
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: torch.Tensor | None = None
         self._copied: torch.cuda.Event | None = None
@@ -89,31 +112,32 @@ class DecodeState:
         """Write the step into the host buffer (rows past the batch padded) and send it in one copy."""
         if self._copied is not None:
             self._copied.synchronize()  # the previous step's copy has left the pinned buffer
-        h, c, R = self.h, self.caps, len(plan.ids)
-        for name, vals in (("ids", plan.ids), ("pos", plan.positions), ("seg", plan.segments), ("slot", plan.slots)):
-            arr = h[name].reshape(-1)
+        h, c, R = self.host_views, self.caps, len(plan.ids)
+        for arr, vals in ((h.ids, plan.ids), (h.positions, plan.positions), (h.segments, plan.segments),
+                          (h.slots, plan.slots)):
+            arr = arr.reshape(-1)
             arr[:R] = vals
             arr[R:] = 0
         per_row: list[list[int]] = [[] for _ in range(R)]
-        h["s_lens"][:] = 0
-        h["s_rows"][:] = -1
+        h.shared_lens[:] = 0
+        h.shared_rows[:] = -1
         for i, (run, rows) in enumerate(plan.shared):
-            h["s_lens"][i] = run.length
-            h["s_rows"][i, : len(rows)] = rows
+            h.shared_lens[i] = run.length
+            h.shared_rows[i, : len(rows)] = rows
             for j, r in enumerate(rows):
-                per_row[r].append(i * c.qs + j)
-        _scatter_pages(h["s_pages"], [run for run, _ in plan.shared])
-        h["p_lens"][:] = 0
-        h["p_rows"][:] = -1
-        base = c.ls * c.qs
+                per_row[r].append(i * c.shared_rows + j)
+        _scatter_pages(h.shared_pages, [run for run, _ in plan.shared])
+        h.single_lens[:] = 0
+        h.single_rows[:] = -1
+        base = c.shared_lists * c.shared_rows
         for i, (_, r) in enumerate(plan.single):
             per_row[r].append(base + i)
         n1 = len(plan.single)
         if n1:
-            h["p_lens"][:n1] = [run.length for run, _ in plan.single]
-            h["p_rows"][:n1, 0] = [r for _, r in plan.single]
-        _scatter_pages(h["p_pages"], [run for run, _ in plan.single])
-        ent = h["entries"]
+            h.single_lens[:n1] = [run.length for run, _ in plan.single]
+            h.single_rows[:n1, 0] = [r for _, r in plan.single]
+        _scatter_pages(h.single_pages, [run for run, _ in plan.single])
+        ent = h.row_entries
         ent[:] = self.sentinel
         for r, es in enumerate(per_row):
             ent[r, : len(es)] = es
@@ -123,7 +147,7 @@ class DecodeState:
             self._copied.record()
 
     def attention(self, cache: torch.Tensor, page_size: int, merge_kernel: bool) -> TritonDecode:
-        return TritonDecode(cache, self.d["slot"], self.classes, self.d["entries"], page_size, merge_kernel)
+        return TritonDecode(cache, self.views.slots, self.classes, self.views.row_entries, page_size, merge_kernel)
 
 
 def _splits(programs: int, target: int, most: int) -> int:
@@ -190,7 +214,7 @@ class DecodeGraphs:
             st = self.states[B] = DecodeState(B, caps, self.kv_heads, self.device)
         st.fill(plan)
         if feed is not None:
-            feed.apply(st.d["ids"])
+            feed.apply(st.views.ids)
         if self.use_graphs and self.max_graph_batch >= B:
             if st.graph is None:
                 self._capture(st)
@@ -216,8 +240,8 @@ class DecodeGraphs:
     def _forward_with(self, st: DecodeState, fused: FusedDecoder | None) -> torch.Tensor:
         attn = st.attention(self.cache, self.page_size, merge_kernel=fused is not None)
         if fused is not None:
-            return fused.logits(fused.hidden(st.d["ids"], st.d["pos"], st.d["seg"], attn))
-        hidden = self.model.hidden(st.d["ids"], st.d["pos"], st.d["seg"], attn)  # (B, 1, D)
+            return fused.logits(fused.hidden(st.views.ids, st.views.positions, st.views.segments, attn))
+        hidden = self.model.hidden(st.views.ids, st.views.positions, st.views.segments, attn)  # (B, 1, D)
         return self.model.logits(hidden[:, 0])  # (B, V) float32
 
     def _capture(self, st: DecodeState) -> None:
