@@ -1,4 +1,4 @@
-"""CPU: one decode step's GEMMs through F.linear (MKL) vs oneDNN over pre-packed weights (`engine.cpu_gemm`).
+"""CPU: one decode step's GEMMs through F.linear (MKL) vs oneDNN over pre-packed weights (`engine.decode.cpu_gemm`).
 
 Every layer's four GEMMs (q|k|v, o, gate|up, down) and the LM head of a model shape, each layer with
 its own weights (so they stream from memory as in a real step, not from cache), at several row

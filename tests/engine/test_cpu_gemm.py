@@ -1,4 +1,4 @@
-"""oneDNN-packed CPU GEMMs (``engine.cpu_gemm``): the same products as ``F.linear``, never stale, and
+"""oneDNN-packed CPU GEMMs (``engine.decode.cpu_gemm``): the same products as ``F.linear``, never stale, and
 skipped with a reason where they cannot run or would not fit."""
 
 from __future__ import annotations

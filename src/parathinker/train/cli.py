@@ -1,4 +1,4 @@
-"""`parathinker prepare`, `parathinker data check`, `parathinker train` (wired by parathinker.cli)."""
+"""`parathinker prepare`, `parathinker data check|generate`, `parathinker train` (wired by parathinker.cli)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..cliutil import add_dataclass_args, dataclass_from_args
 from ..errors import ParaThinkerError
 from .collate import PackConfig
 from .config import TrainConfig
+from .datagen_config import DataGenConfig
 
 
 def register(subparsers) -> None:  # noqa: ANN001 - argparse's private _SubParsersAction
@@ -34,6 +35,16 @@ def register(subparsers) -> None:  # noqa: ANN001 - argparse's private _SubParse
     c.add_argument("--num-paths", type=int, help="largest allowed number of paths (default: the model's N)")
     c.add_argument("--max-length", type=int, default=PackConfig.max_length, help="report examples longer than this")
     c.set_defaults(func=_data_check)
+    g = dsub.add_parser(
+        "generate", help="sample multi-path training data from a teacher behind an OpenAI-compatible API",
+        description="Sample --paths paths per problem from a teacher (vLLM, SGLang, a hosted API, parathinker "
+        "serve), grade them, add a summary and write JSONL that `data check` and `train` accept. "
+        "Resumable: rerun the same command after an interruption.",
+    )
+    g.add_argument("--base-url", action="append", dest="base_urls", metavar="URL",
+                   help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; repeat for replicas")
+    add_dataclass_args(g, DataGenConfig)
+    g.set_defaults(func=_data_generate)
 
     t = subparsers.add_parser("train", help="multi-path SFT of a prepared checkpoint (torchrun/accelerate ready)")
     t.add_argument("--model", required=True, help="ParaThinker checkpoint (from `parathinker prepare`)")
@@ -102,6 +113,26 @@ def _data_check(args: argparse.Namespace) -> int:
               f"{over} example(s) over --max-length {args.max_length} will be truncated")
     if errors:
         print(f"{args.file}: {len(errors)} problem(s)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _data_generate(args: argparse.Namespace) -> int:
+    from .datagen import generate
+
+    try:
+        cfg = dataclass_from_args(DataGenConfig, args)
+        stats, man = generate(cfg)
+    except ParaThinkerError as e:
+        return _fail(e)
+    stats.render()
+    print(f"{cfg.out}: {man['written']} examples; raw log {cfg.log_path}; manifest {cfg.manifest_path}")
+    failed = stats.dropped.get("request failed", 0) + stats.dropped.get("summary request failed", 0)
+    if failed:
+        print(f"{failed} problem(s) lost a request after all retries; rerun the same command to ask again",
+              file=sys.stderr)
+    if man["written"] == 0:
+        print("error: no problem was kept (see the table for why)", file=sys.stderr)
         return 1
     return 0
 
