@@ -48,7 +48,6 @@ class Engine:
         decode = decode or DecodeConfig()
         self.cache_config, self.decode_config = cache, decode
         self.model = model
-        self.control = control
         self.eos_ids = tuple(eos_ids)
         self.runner = ModelRunner(model, cache, decode)
         self.pool = PagePool(self.runner.kv.num_pages, cache.page_size)
@@ -68,6 +67,15 @@ class Engine:
         # overlapped decoding (CUDA): launch step n+1 before reading step n's tokens on the host; the host's
         # bookkeeping then runs while the GPU computes. Same tokens as the synchronous loop (tests).
         self.overlap = decode.overlap and self.runner.device.type == "cuda"
+
+    @property
+    def control(self) -> ControlTokens | None:
+        """The tokenizer's ParaThinker control tokens (None: plain sequential/majority only); the scheduler's."""
+        return self.scheduler.control
+
+    @control.setter
+    def control(self, control: ControlTokens | None) -> None:
+        self.scheduler.control = control
 
     def check(self, spec: RequestSpec) -> int:
         """Validate a request against the model/tokenizer; return its worst-case page count."""
