@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from parathinker.engine import attention
-from parathinker.engine.attention import PagedCascade
+from parathinker.engine.attention import cascade as attention
+from parathinker.engine.attention.cascade import PagedCascade
 from parathinker.engine.block_manager import PagePool
-from parathinker.engine.runner import Chunk
+from parathinker.engine.plan import Chunk
 
 SHAPES = {"bundled": (8, 2, 32), "smollm2-135m": (9, 3, 64)}  # heads, kv heads, head dim
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from parathinker.engine import attention
-from parathinker.engine.attention import PagedCascade
+from parathinker.engine.attention import cascade as attention
+from parathinker.engine.attention.cascade import PagedCascade
 from parathinker.engine.block_manager import Run
-from parathinker.engine.runner import Chunk
+from parathinker.engine.plan import Chunk
 
 PAGE, KVH, HEADS, DIM, PROMPT = 16, 3, 9, 64, 99  # SmolLM2-135M's attention shape
 

@@ -1,4 +1,4 @@
-"""CPU: one decode step's GEMMs through F.linear (MKL) vs oneDNN over pre-packed weights (`engine.cpu_gemm`).
+"""CPU: one decode step's GEMMs through F.linear (MKL) vs oneDNN over pre-packed weights (`engine.decode.cpu_gemm`).
 
 Every layer's four GEMMs (q|k|v, o, gate|up, down) and the LM head of a model shape, each layer with
 its own weights (so they stream from memory as in a real step, not from cache), at several row
@@ -8,7 +8,7 @@ number is the median of --repeats, the speed-up the median of the per-repeat rat
     python benchmarks/cpu_gemm.py --shape smollm2-135m --rows 1,8,16,64 --out runs/cpu_gemm.json
 
 ``--engine N``: instead, the engine end to end on the bundled model, packed vs F.linear (the same
-`LLM`, switched with `runner.set_decode(packed=...)`): N path-finding problems in one batch, 8
+`LLM` per variant, ``DecodeConfig(packed_weights=...)``): N path-finding problems in one batch, 8
 paths each plus the summaries, as the bundled model's evaluation runs them.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from parathinker.engine.cpu_gemm import PackedLinear, packing_problem
+from parathinker.engine.decode.cpu_gemm import PackedLinear, packing_problem
 
 SHAPES = {  # hidden, layers, heads, kv heads, head dim, intermediate, vocab
     "bundled": (256, 4, 8, 2, 32, 768, 148),
@@ -47,23 +47,21 @@ def timed(fn, clock) -> float:  # noqa: ANN001
 
 
 def engine_batch(n: int, repeats: int, clock) -> None:  # noqa: ANN001
-    from parathinker import LLM, ParallelParams, SamplingParams
+    from parathinker import LLM, DecodeConfig, ParallelParams, SamplingParams
     from parathinker.tasks.pathfind.data import problems
     from parathinker.tasks.pathfind.problem import GenConfig
 
-    llm = LLM()  # the bundled model
+    llms = {packed: LLM(decode=DecodeConfig(packed_weights=packed)) for packed in (True, False)}  # the bundled model
     stream = problems(0, "bench", GenConfig())
     prompts = [next(stream).prompt for _ in range(n)]
     pp = ParallelParams(num_paths=8, max_path_tokens=128, summary_max_tokens=48)
     sp = SamplingParams(temperature=1.0, seed=0)
-    runner = llm.engine.runner
     times: dict[bool, list[float]] = {True: [], False: []}
     answers: dict[bool, list] = {}
     for _ in range(repeats + 1):  # the first round warms up
         for packed in (True, False):
-            runner.set_decode(packed=packed)
             t = clock()
-            outs = llm.generate(prompts, pp, sp)
+            outs = llms[packed].generate(prompts, pp, sp)
             times[packed].append(clock() - t)
             answers[packed] = [o.answer for o in outs]
     a, b = times[True][1:], times[False][1:]

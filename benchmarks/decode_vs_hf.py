@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
+from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams
 
 CLOCK = time.perf_counter  # --clock process: CPU time of this process (robust on a shared machine)
 
@@ -103,6 +103,10 @@ def main() -> None:
           f"median of {args.repeats}, torch threads {torch.get_num_threads()}, {args.clock} clock, "
           f"engine GEMMs {'packed (oneDNN)' if packed else 'F.linear'}")
     unpacked = args.unpacked and packed
+    if unpacked:  # a second engine over the same checkpoint, its GEMMs through F.linear
+        llm_unpacked = LLM(args.model, device=args.device, dtype=dtype, cache=CacheConfig(kv_cache_memory=1.0),
+                           decode=DecodeConfig(packed_weights=False))
+        engine_step_ms(llm_unpacked, prompt_ids, 1, 4)  # warm-up
     print(f"{'P':>3} {'engine ms/step':>15} {'HF ms/step':>11} {'engine tok/s':>13} {'HF tok/s':>9} {'speed-up':>9}"
           + (f" {'unpacked ms/step':>17} {'unpacked speed-up':>18}" if unpacked else ""))
     for P in [int(x) for x in args.paths.split(",")]:
@@ -111,9 +115,7 @@ def main() -> None:
             e.append(engine_step_ms(llm, prompt_ids, P, args.tokens))
             h.append(hf_step_ms(hf, ids, P, args.tokens))
             if unpacked:
-                runner.set_decode(packed=False)
-                u.append(engine_step_ms(llm, prompt_ids, P, args.tokens))
-                runner.set_decode(packed=True)
+                u.append(engine_step_ms(llm_unpacked, prompt_ids, P, args.tokens))
         em, hm = statistics.median(e), statistics.median(h)
         ratio = statistics.median(b / a for a, b in zip(e, h))
         row = dict(P=P, engine_ms=em, hf_ms=hm, engine_tok_s=1000 * P / em, hf_tok_s=1000 * P / hm, speedup=ratio,

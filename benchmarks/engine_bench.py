@@ -18,6 +18,7 @@ once + each path's own KV) over the device's measured copy bandwidth; "roofline"
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -119,10 +120,10 @@ def graph_replay_ms(llm, rows: int, n: int = 20) -> float | None:  # noqa: ANN00
     The rest of a step (sampling, the host's bookkeeping, the copies) is engine_ms - replay_ms. The
     replay rewrites the last step's K/V with the same values: harmless after the run.
     """
-    from parathinker.engine.graph_runner import bucket_for
+    from parathinker.engine.decode.graphs import bucket_for
 
     dec = llm.engine.runner.decoder
-    st = dec.states.get(bucket_for(rows)) if dec is not None else None
+    st = getattr(dec, "states", {}).get(bucket_for(rows))  # the Triton backend's static buffers
     if st is None or st.graph is None:
         return None
     st.graph.replay()
@@ -204,7 +205,7 @@ def variants(llm, graphs: str, fused: str, overlap: str, named: str = "") -> lis
     Graphs only where there is a graph path (CUDA + triton); a named variant that asks for them elsewhere is dropped.
     """
     dec = llm.engine.runner.decoder
-    has_graphs = dec is not None and dec.device.type == "cuda"
+    has_graphs = hasattr(dec, "states") and dec.device.type == "cuda"  # the Triton backend on CUDA
     if named:
         out = []
         for name in named.split(","):
@@ -222,8 +223,20 @@ def variants(llm, graphs: str, fused: str, overlap: str, named: str = "") -> lis
 
 
 def set_variant(llm, v: Variant) -> None:  # noqa: ANN001
-    llm.engine.runner.set_decode(fused=v[1], cuda_graphs=v[0])
-    llm.engine.overlap = v[2]
+    """One engine per variant over the model's weights: the previous engine (its KV pool, its graphs) goes first."""
+    from parathinker import DecodeConfig
+    from parathinker.engine import Engine
+
+    if getattr(llm, "variant", None) == v:
+        return
+    cache, attention = llm.engine.cache_config, llm.engine.decode_config.attention
+    llm.engine = None
+    gc.collect()
+    if llm.model.device.type == "cuda":
+        torch.cuda.empty_cache()
+    decode = DecodeConfig(attention=attention, cuda_graphs=v[0], fused_decode=v[1], overlap=v[2])
+    llm.engine = Engine(llm.model, llm.control, llm.eos_ids, cache, tokenizer=llm.tokenizer, decode=decode)
+    llm.variant = v
 
 
 def vlabel(v: Variant) -> str:
@@ -265,7 +278,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/parathinker-bench-models")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    from parathinker import LLM, CacheConfig
+    from parathinker import LLM, CacheConfig, DecodeConfig
 
     samplings = args.sampling.split(",")
     if not set(samplings) <= set(SAMPLINGS):
@@ -275,14 +288,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = make_model(args.shape, Path(args.work), dtype)
-    llm = LLM(ckpt, device=args.device, dtype=dtype, cache=CacheConfig(kv_cache_memory=args.kv_gib,
-                                                                        attention=args.attention))
+    llm = LLM(ckpt, device=args.device, dtype=dtype, cache=CacheConfig(kv_cache_memory=args.kv_gib), decode=DecodeConfig(attention=args.attention))
     cfg = llm.model.config
     bw = copy_bandwidth(args.device)
     weight_bytes = sum(p.numel() * p.element_size() for p in llm.model.parameters())
     kv_tok = cfg.kv_bytes_per_token * torch.empty((), dtype=dtype).element_size()
     modes = variants(llm, args.graphs, args.fused, args.overlap, args.variants)
-    res: dict = dict(shape=args.shape, device=args.device, dtype=args.dtype, attention=llm.engine.runner.decode_backend,
+    res: dict = dict(shape=args.shape, device=args.device, dtype=args.dtype, attention=llm.engine.runner.decoder.name,
                      sampling={k: SAMPLINGS[k] for k in samplings},
                      copy_GBps=bw / 1e9, weight_GB=weight_bytes / 1e9, decode=[], multi=[], summary=[],
                      gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu")
@@ -361,7 +373,7 @@ def main() -> None:
             print(f"{P:>5} {n:>6} {fa} {fb}", flush=True)
     dec = llm.engine.runner.decoder
     res["graph_runner"] = dict(stats=dict(dec.stats), error=dec.error, fused_error=dec.fused_error,
-                               buckets=sorted(dec.states)) if dec else None
+                               buckets=sorted(dec.states)) if hasattr(dec, "states") else None
     if dec is not None:
         print(f"graph runner: {dec.stats}; error: {dec.error}; fused step error: {dec.fused_error}", flush=True)
     save()

@@ -25,11 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_bench import SHAPES, _spec, make_model, sync  # noqa: E402
 
 
-def engine_prefill_ms(llm, ids: list[int], causal: bool) -> float:  # noqa: ANN001
+def engine_prefill_ms(llm, ids: list[int]) -> float:  # noqa: ANN001
     from parathinker import ParallelParams, SamplingParams
 
     eng = llm.engine
-    eng.runner.causal_prefill = causal
     spec = _spec(ids, ParallelParams(mode="majority", num_paths=1, max_path_tokens=1), SamplingParams(temperature=0.0))
     req = eng.run([spec])[0]  # prefill + one token; its stats separate the phases
     return 1000 * req.stats["time_prefill"]
@@ -83,13 +82,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
-    from parathinker import LLM, CacheConfig
+    from parathinker import LLM, CacheConfig, DecodeConfig
     from parathinker.model.gguf import resolve_alias
 
     dtype = getattr(torch, args.dtype)
     path = resolve_alias(args.model) if args.model else make_model(args.shape, Path(args.work), dtype)
-    llm = LLM(path, device=args.device, dtype=dtype, threads=args.threads,
-              cache=CacheConfig(kv_cache_memory=4.0 if args.device == "cuda" else 1.0))
+    cache = CacheConfig(kv_cache_memory=4.0 if args.device == "cuda" else 1.0)
+    llm = LLM(path, device=args.device, dtype=dtype, threads=args.threads, cache=cache)
+    # the same checkpoint with the explicit-mask reference prefill (one engine per variant)
+    llm_ref = LLM(path, device=args.device, dtype=dtype, threads=args.threads, cache=cache,
+                  decode=DecodeConfig(reference_prefill=True))
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(args.device).eval()
     vocab = min(llm.model.config.vocab_size, 30000)
     rows = []
@@ -97,12 +99,13 @@ def main() -> None:
           f"{'causal vs ref':>14} {'causal vs HF':>13}", flush=True)
     for n in [int(x) for x in args.lengths.split(",")]:
         ids = [100 + (i * 7919) % (vocab - 100) for i in range(n)]
-        engine_prefill_ms(llm, ids, True)  # warm-up
+        engine_prefill_ms(llm, ids)  # warm-up
+        engine_prefill_ms(llm_ref, ids)
         hf_prefill_ms(hf, ids, args.device)
         a, b, h = [], [], []
         for _ in range(args.repeats):
-            a.append(engine_prefill_ms(llm, ids, True))
-            b.append(engine_prefill_ms(llm, ids, False))
+            a.append(engine_prefill_ms(llm, ids))
+            b.append(engine_prefill_ms(llm_ref, ids))
             h.append(hf_prefill_ms(hf, ids, args.device))
         row = dict(tokens=n, causal_ms=statistics.median(a), reference_ms=statistics.median(b), hf_ms=statistics.median(h))
         rows.append(row)

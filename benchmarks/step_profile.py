@@ -56,25 +56,27 @@ def main() -> None:
     args = ap.parse_args()
     from torch.profiler import ProfilerActivity, profile
 
-    from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
-    from parathinker.engine.graph_runner import bucket_for
+    from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams
+    from parathinker.engine.decode.graphs import bucket_for
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, args.dtype)
-    llm = LLM(make_model(args.shape, Path(args.work), dtype), device=args.device, dtype=dtype,
-              cache=CacheConfig(kv_cache_memory=4.0 if args.device == "cuda" else 0.5, attention=args.attention))
+    ckpt = make_model(args.shape, Path(args.work), dtype)
+    cache = CacheConfig(kv_cache_memory=4.0 if args.device == "cuda" else 0.5)
+    llms = {fused: LLM(ckpt, device=args.device, dtype=dtype, cache=cache,  # one engine per variant
+                       decode=DecodeConfig(attention=args.attention, fused_decode=fused)) for fused in (True, False)}
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
     prompt = [5 + (i * 7) % 40 for i in range(args.context)]
     results, lines = [], []
     for P in [int(x) for x in args.paths.split(",")]:
         for fused in (True, False):
-            llm.engine.runner.set_decode(fused=fused)
+            llm = llms[fused]
             pp = ParallelParams(mode="majority", num_paths=P, max_path_tokens=8)
             sp = SamplingParams(**SAMPLING, seed=0, ignore_eos=True)
             llm.engine.run([_spec(prompt, pp, sp)])  # captures the bucket's graph (CUDA)
             dec = llm.engine.runner.decoder
-            st = dec.states.get(bucket_for(P)) if dec is not None else None
+            st = getattr(dec, "states", {}).get(bucket_for(P))  # the static buffers of the Triton backend
             row: dict = dict(P=P, fused=fused, context=args.context)
             if st is not None and st.graph is not None:
                 with profile(activities=acts) as prof:

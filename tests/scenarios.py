@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
+from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams
 from parathinker.engine.sequence import Request, RequestSpec, Seq
 
 
@@ -33,7 +33,7 @@ def outcome(reqs) -> list:  # noqa: ANN001
     """Per request: each sequence's kind, tokens and finish reason, and the token counts."""
     out = []
     for r in reqs:
-        out.append(([(s.kind, s.body, s.finish_reason) for s in all_seqs(r)],
+        out.append(([(s.role, s.body, s.finish_reason) for s in all_seqs(r)],
                     {k: v for k, v in r.stats.items() if k.endswith("_tokens")}))
     return out
 
@@ -48,7 +48,7 @@ def run_mixed(llm: LLM, overlap: bool, which: slice = slice(None)):  # noqa: ANN
     eng.overlap = overlap
     free = eng.pool.num_free
     reqs = eng.run(mixed_specs()[which])
-    assert eng._inflight is None and eng.pool.num_free == free  # nothing left in flight, every page returned
+    assert eng.draws.inflight is None and eng.pool.num_free == free  # nothing left in flight, every page returned
     return reqs
 
 
@@ -67,8 +67,9 @@ def churn_equals_reference(ckpt, attention: str, device: str, tol: float = 1e-5)
         specs.append(RequestSpec([rng.randrange(4, 50) for _ in range(rng.randrange(1, 23))], pp, sp, [30]))
     runs = []
     for att in (attention, "reference"):
-        llm = LLM(ckpt, device=device, dtype="float32", cache=CacheConfig(num_pages=48, page_size=4, attention=att))
-        llm.engine.runner.causal_prefill = att != "reference"  # the oracle: explicit masks for prefill chunks too
+        # the oracle: explicit masks for prefill chunks too
+        decode = DecodeConfig(attention=att, reference_prefill=att == "reference")
+        llm = LLM(ckpt, device=device, dtype="float32", cache=CacheConfig(num_pages=48, page_size=4), decode=decode)
         reqs = llm.engine.run(specs)
         runs.append([(s.body, s.logprobs) for r in reqs for s in all_seqs(r)])
         assert llm.engine.pool.num_free == 47

@@ -15,8 +15,8 @@ import pytest
 from parathinker import LLM, ParallelParams, SamplingParams
 from parathinker.assets import default_model_dir
 from parathinker.cli import main
-from parathinker.engine.params import resolve, set_fields
 from parathinker.errors import PromptTooLongError
+from parathinker.params import resolve, set_fields
 
 CKPT = json.loads((default_model_dir() / "parathinker.json").read_text())
 Q = ("graph : 19 > 72 , 73 > 48 , 77 > 49 , 96 > 98 , 52 > 73 , 52 > 77 , 19 > 26 , 62 > 96 , 77 > 62 , "

@@ -8,19 +8,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .cliutil import add_dataclass_args, dataclass_from_args, parse_threads
+from .cliutil import add_dataclass_args, add_model_args, dataclass_from_args
+from .engine.decode.config import DecodeConfig
 from .engine.kv_cache import CacheConfig
-from .engine.params import ParallelParams, SamplingParams
 from .errors import ParaThinkerError
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=None, help="HF checkpoint directory, or 'smollm2' (default: the bundled model)")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    g.add_argument("--threads", default="auto", type=parse_threads,
-                   help="torch CPU threads: a number, or auto (1 for models under 20M parameters, else torch's)")
+from .params import ParallelParams, SamplingParams
 
 
 def _add_generate(sub: Any) -> None:
@@ -29,7 +21,7 @@ def _add_generate(sub: Any) -> None:
         description="Run P reasoning paths from one prompt, then a summary over all of them.",
     )
     p.add_argument("question", nargs="+", help="the question(s); several run as one batch")
-    _add_model_args(p)
+    add_model_args(p)
     g = p.add_argument_group("output")
     g.add_argument("--show-paths", action="store_true", help="print every path in full (default: one line each)")
     g.add_argument("--json", action="store_true", help="print the outputs as JSON")
@@ -38,6 +30,7 @@ def _add_generate(sub: Any) -> None:
     add_dataclass_args(p, ParallelParams, layered=True)
     add_dataclass_args(p, SamplingParams, layered=True)
     add_dataclass_args(p, CacheConfig)
+    add_dataclass_args(p, DecodeConfig)
     p.set_defaults(func=_generate)
 
 
@@ -49,7 +42,8 @@ def _generate(args: argparse.Namespace) -> int:
     sp = dataclass_from_args(SamplingParams, args)
     from .engine.llm import LLM
 
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, cache=cache, threads=args.threads)
+    decode = dataclass_from_args(DecodeConfig, args)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, cache=cache, decode=decode, threads=args.threads)
     # a progress bar only on a terminal: in a log its carriage returns are noise
     outs = llm.generate(args.question, pp, sp, raw=args.raw, progress=not args.json and sys.stderr.isatty())
     if args.json:

@@ -92,3 +92,13 @@ def parse_threads(text: str | int) -> int | str:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1 or auto, got {n}")
     return n
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model, --device, --dtype, --threads: how a command loads its model (generate, serve)."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="HF checkpoint directory, or 'smollm2' (default: the bundled model)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    g.add_argument("--threads", default="auto", type=parse_threads,
+                   help="torch CPU threads: a number, or auto (1 for models under 20M parameters, else torch's)")

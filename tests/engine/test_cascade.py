@@ -16,15 +16,15 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # the triton row runs in Triton'
 
 from scenarios import churn_equals_reference  # noqa: E402
 
-from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams  # noqa: E402
-from parathinker.engine.attention import PagedCascade  # noqa: E402
+from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams  # noqa: E402
+from parathinker.engine.attention.cascade import PagedCascade  # noqa: E402
 
 
 @pytest.fixture(autouse=True, params=["grouped", "threshold"])
 def grouping(request, monkeypatch):  # noqa: ANN001, ANN201
     """Every test twice: rows sharing a prompt always read it as a group (the cascade's merge path), and with
     the default threshold (these tests' short prompts are then read per row, one SDPA call)."""
-    from parathinker.engine import attention
+    from parathinker.engine.attention import cascade as attention
 
     if request.param == "grouped":
         monkeypatch.setattr(attention, "CASCADE_MIN_SAVED_KEYS", 0)
@@ -34,18 +34,21 @@ def grouping(request, monkeypatch):  # noqa: ANN001, ANN201
 
 def _reference(cache, chunks, keys, layer, q, k, v):  # noqa: ANN001, ANN202
     """The oracle backend's output for rows whose keys are ``keys`` (slot lists, in order)."""
-    from parathinker.engine.attention import PagedReference, build_metadata
+    from parathinker.engine.attention.reference import PagedReference, build_metadata
 
     meta = build_metadata([c.new_slots for c in chunks], keys, [None] * len(chunks), "cpu")
     return PagedReference(cache.clone(), meta)(layer, q, k, v)
 
 
 def _pair(ckpt):  # noqa: ANN001
-    return [LLM(ckpt, cache=CacheConfig(kv_cache_memory=0.05, page_size=4, attention=a)) for a in ("cascade", "reference")]
+    return [LLM(ckpt, cache=CacheConfig(kv_cache_memory=0.05, page_size=4), decode=DecodeConfig(attention=a)) for a in ("cascade", "reference")]
 
 
 def test_cascade_is_the_cpu_default(tiny_qwen2):
-    assert LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05)).engine.runner.decode_backend == "cascade"
+    from parathinker.engine.decode.backend import CascadeDecode
+
+    engine = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05)).engine
+    assert isinstance(engine.runner.decoder, CascadeDecode) and engine.scheduler.side_by_side_paths
 
 
 @pytest.mark.parametrize("num_paths", [1, 3, 8])
@@ -83,9 +86,9 @@ def test_cascade_reads_pages_with_a_gap(shared, grouping):
     keys were one stretch, but 100-103 are not among them and 120-123 are. A slice would read the wrong keys."""
     import torch
 
-    from parathinker.engine.attention import PagedCascade
+    from parathinker.engine.attention.cascade import PagedCascade
     from parathinker.engine.block_manager import Run
-    from parathinker.engine.runner import Chunk
+    from parathinker.engine.plan import Chunk
 
     g = torch.Generator().manual_seed(0)
     cache = torch.randn(1, 2, 160, 2, 8, generator=g)  # (layers, k/v, slots, kv heads, dim)
@@ -110,7 +113,7 @@ def test_cascade_reads_side_by_side_blocks_in_place(pool_end, grouping):
     import torch
 
     from parathinker.engine.block_manager import Run
-    from parathinker.engine.runner import Chunk
+    from parathinker.engine.plan import Chunk
 
     g = torch.Generator().manual_seed(1)
     lens = [9, 5, 7] if not pool_end else [9, 7, 5]
@@ -141,10 +144,10 @@ def test_lone_row_reads_its_runs_in_place(equal_paths, monkeypatch):
     Paths that are not side by side are gathered (``PagedCascade``)."""
     import torch
 
-    from parathinker.engine import attention
-    from parathinker.engine.attention import RunsInPlace
+    from parathinker.engine.attention import cascade as attention
+    from parathinker.engine.attention.cascade import RunsInPlace
     from parathinker.engine.block_manager import Run
-    from parathinker.engine.runner import Chunk
+    from parathinker.engine.plan import Chunk
 
     monkeypatch.setattr(attention, "IN_PLACE_MIN_KEYS", 0)
     g = torch.Generator().manual_seed(3)
@@ -172,7 +175,7 @@ def test_lone_row_reads_its_runs_in_place(equal_paths, monkeypatch):
 
 def test_summary_in_place_generates_what_the_reference_does(tiny_llama, monkeypatch):
     """ParaThinker generation whose summary steps read the paths in place (threshold 0) = the reference backend."""
-    from parathinker.engine import attention
+    from parathinker.engine.attention import cascade as attention
 
     monkeypatch.setattr(attention, "IN_PLACE_MIN_KEYS", 0)
     used = []
@@ -232,9 +235,9 @@ def test_short_prompts_are_read_per_row_long_ones_as_a_group(grouping):
     CASCADE_MIN_GROUP_KEYS are formed if together they save CASCADE_MIN_SAVED_KEYS."""
     import torch
 
-    from parathinker.engine import attention
+    from parathinker.engine.attention import cascade as attention
     from parathinker.engine.block_manager import PagePool
-    from parathinker.engine.runner import Chunk
+    from parathinker.engine.plan import Chunk
 
     pool = PagePool(400, 16)
     pool.admit(0, 399)
@@ -266,10 +269,10 @@ def test_cascade_partials_flash_kernel_and_einsum_fallback_agree(grouping, monke
     lacks that op) against the reference: requests of different prompt lengths, rows of different lengths."""
     import torch
 
-    from parathinker.engine import attention
-    from parathinker.engine.attention import PagedReference, build_metadata
+    from parathinker.engine.attention import cascade as attention
+    from parathinker.engine.attention.reference import PagedReference, build_metadata
     from parathinker.engine.block_manager import PagePool
-    from parathinker.engine.runner import Chunk
+    from parathinker.engine.plan import Chunk
 
     g = torch.Generator().manual_seed(1)
     pool = PagePool(240, 4)

@@ -1,4 +1,4 @@
-"""oneDNN-packed CPU GEMMs (``engine.cpu_gemm``): the same products as ``F.linear``, never stale, and
+"""oneDNN-packed CPU GEMMs (``engine.decode.cpu_gemm``): the same products as ``F.linear``, never stale, and
 skipped with a reason where they cannot run or would not fit."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
-from parathinker.engine import cpu_gemm
-from parathinker.engine.cpu_gemm import PackedLinear, packing_problem
-from parathinker.engine.fused import FusedDecoder
+from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams
+from parathinker.engine.decode import cpu_gemm
+from parathinker.engine.decode.cpu_gemm import PackedLinear, packing_problem
+from parathinker.engine.decode.fused import FusedDecoder
 from parathinker.model import load_model
 
 KW = dict(kv_cache_memory=0.05, page_size=4)
@@ -51,9 +51,9 @@ def test_packed_copy_follows_in_place_edits():
 def _decode_step(model, fused: FusedDecoder | None) -> torch.Tensor:  # noqa: ANN001
     """One decode step of 3 rows (paths sharing a 5-token prompt) over a random cache: final hidden states,
     through ``fused`` or (None) the modular model."""
-    from parathinker.engine.attention import PagedCascade
+    from parathinker.engine.attention.cascade import PagedCascade
     from parathinker.engine.block_manager import PagePool
-    from parathinker.engine.runner import Chunk
+    from parathinker.engine.plan import Chunk
 
     cfg = model.config
     cache = torch.randn(cfg.num_layers, 2, 16 * 4, cfg.num_kv_heads, cfg.head_dim,
@@ -123,14 +123,10 @@ def test_no_packing_when_the_op_fails_or_disagrees(monkeypatch):
 def test_engine_packs_on_the_cpu_by_default_and_gives_the_same_generations(tiny_qwen2):
     _packable(torch.float32)
     on = LLM(tiny_qwen2, cache=CacheConfig(**KW))
-    off = LLM(tiny_qwen2, cache=CacheConfig(packed_weights=False, **KW))
+    off = LLM(tiny_qwen2, cache=CacheConfig(**KW), decode=DecodeConfig(packed_weights=False))
     assert on.engine.runner.fused.packed and not off.engine.runner.fused.packed
     pp = ParallelParams(num_paths=4, max_path_tokens=8, summary_max_tokens=4)
     sp = SamplingParams(temperature=1.0, seed=3)
     a, b = on.generate([[5, 6, 7, 8]], pp, sp)[0], off.generate([[5, 6, 7, 8]], pp, sp)[0]
     assert [p.token_ids for p in a.paths] == [p.token_ids for p in b.paths]
     assert a.summary.token_ids == b.summary.token_ids
-    on.engine.runner.set_decode(packed=False)  # the benchmarks' switch
-    assert on.engine.runner.fused is not None and not on.engine.runner.fused.packed
-    c = on.generate([[5, 6, 7, 8]], pp, sp)[0]
-    assert [p.token_ids for p in c.paths] == [p.token_ids for p in b.paths]

@@ -80,7 +80,7 @@ def test_termination_policies_stop_at_the_right_step(tiny_qwen2, termination, st
         else:
             # cut where it stood: the token sampled in the finishing step is dropped, own </think i> appended
             assert s.finish_reason == "cut" and len(s.body) == stop_at
-        assert s.t == len(s.body) + 2  # <think i> + body + </think i> all went through the model once
+        assert s.num_cached == len(s.body) + 2  # <think i> + body + </think i> all went through the model once
     # the summary starts at L + longest path, the layout's rule
     assert req.summary is not None and req.summary.finished
 
@@ -111,8 +111,9 @@ def test_control_tokens_never_sampled_inside_paths(tiny_qwen2):
         llm.model.lm_head.weight[list(llm.control.all_ids)] += 0.0
         bias = torch.zeros(llm.model.config.vocab_size)
         bias[list(llm.control.all_ids)] = 50.0
-    orig = llm.engine.runner._logits  # every forward's logits (the fused step's LM head included)
-    llm.engine.runner._logits = lambda h: orig(h) + bias
+    dec = llm.engine.runner.decoder
+    orig = dec.logits  # every forward's logits: the decode backend's LM head (the fused step's included)
+    dec.logits = lambda h: orig(h) + bias
     pp = ParallelParams(num_paths=4, termination="last", max_path_tokens=8, summary_max_tokens=8, summary_prefix="")
     out = llm.generate(["what is"], pp, SamplingParams(temperature=1.0, seed=0), raw=True)[0]
     controls = set(llm.control.all_ids)
@@ -190,7 +191,7 @@ def test_an_error_mid_run_gives_every_page_back(tiny_qwen2, fail_at, overlap):
     with pytest.raises(KeyboardInterrupt):
         eng.run(specs)
     assert calls[0] == fail_at
-    assert (eng.pool.num_free, eng.pool.num_unreserved) == (free, unreserved) and eng._inflight is None
+    assert (eng.pool.num_free, eng.pool.num_unreserved) == (free, unreserved) and eng.draws.inflight is None
     eng.runner.forward, eng.runner.prefill = forward, prefill
     again = [[s.body for s in r.seqs] + [r.summary.body] for r in eng.run(specs)]
     fresh = LLM(tiny_qwen2, cache=CacheConfig(num_pages=40, page_size=4)).engine

@@ -15,11 +15,11 @@ import torch
 os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams  # noqa: E402
-from parathinker.engine import kernels  # noqa: E402
-from parathinker.engine.attention import PagedCascade  # noqa: E402
-from parathinker.engine.fused import FusedDecoder  # noqa: E402
-from parathinker.engine.triton_decode import build_lists, merge_partials, row_entry_table  # noqa: E402
+from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams  # noqa: E402
+from parathinker.engine.attention.cascade import PagedCascade  # noqa: E402
+from parathinker.engine.attention.triton import build_lists, merge_partials, row_entry_table  # noqa: E402
+from parathinker.engine.decode import kernels  # noqa: E402
+from parathinker.engine.decode.fused import FusedDecoder  # noqa: E402
 from parathinker.model import load_model  # noqa: E402
 
 needs_cpu = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test; tests/gpu runs the real one")
@@ -145,7 +145,7 @@ def test_fuse_projections_views_and_values(tiny_qwen2):
 def test_fused_forward_equals_modular(tiny_llama, use_triton):
     """One decode step of 4 rows (3 paths sharing a prompt + 1 other request) through both forwards."""
     from parathinker.engine.block_manager import PagePool
-    from parathinker.engine.runner import Chunk
+    from parathinker.engine.plan import Chunk
 
     model = load_model(tiny_llama)
     cfg = model.config
@@ -174,9 +174,9 @@ def test_fused_forward_equals_modular(tiny_llama, use_triton):
 @pytest.mark.parametrize("attention", ["cascade", pytest.param("triton", marks=pytest.mark.slow)])  # interpreter: ~12 s
 def test_engine_with_and_without_fused_decode(tiny_qwen2, attention):
     """Scores and sampled generations agree (the fused step is the default; off is the modular forward)."""
-    kw = dict(kv_cache_memory=0.05, page_size=4, attention=attention)
-    on = LLM(tiny_qwen2, cache=CacheConfig(fused_decode=True, **kw))
-    off = LLM(tiny_qwen2, cache=CacheConfig(fused_decode=False, **kw))
+    cache = CacheConfig(kv_cache_memory=0.05, page_size=4)
+    on = LLM(tiny_qwen2, cache=cache, decode=DecodeConfig(attention=attention, fused_decode=True))
+    off = LLM(tiny_qwen2, cache=cache, decode=DecodeConfig(attention=attention, fused_decode=False))
     assert on.engine.runner.fused is not None and off.engine.runner.fused is None
     rng = random.Random(6)
     prompt = [rng.randrange(4, 50) for _ in range(7)]
@@ -195,9 +195,9 @@ def test_engine_with_and_without_fused_decode(tiny_qwen2, attention):
 @needs_cpu
 def test_fused_step_that_fails_falls_back_to_the_modular_step(tiny_qwen2, monkeypatch):
     """A fused kernel that cannot run (say, does not compile on this GPU): warned, recorded, modular step, same result."""
-    kw = dict(kv_cache_memory=0.05, page_size=4, attention="triton")
-    ok = LLM(tiny_qwen2, cache=CacheConfig(fused_decode=False, **kw))
-    llm = LLM(tiny_qwen2, cache=CacheConfig(fused_decode=True, **kw))
+    cache = CacheConfig(kv_cache_memory=0.05, page_size=4)
+    ok = LLM(tiny_qwen2, cache=cache, decode=DecodeConfig(attention="triton", fused_decode=False))
+    llm = LLM(tiny_qwen2, cache=cache, decode=DecodeConfig(attention="triton", fused_decode=True))
 
     def broken(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("no kernel for you")

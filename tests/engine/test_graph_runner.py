@@ -15,11 +15,15 @@ import torch
 os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams  # noqa: E402
-from parathinker.engine import graph_runner  # noqa: E402
+from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams  # noqa: E402
 from parathinker.engine.block_manager import PagePool  # noqa: E402
-from parathinker.engine.graph_runner import Caps, Plan, bucket_for  # noqa: E402
-from parathinker.engine.runner import Chunk  # noqa: E402
+from parathinker.engine.decode import graphs as graph_runner  # noqa: E402
+from parathinker.engine.decode.graphs import bucket_for
+from parathinker.engine.plan import (  # noqa: E402
+    Caps,
+    Chunk,  # noqa: E402
+    Plan,
+)
 
 needs_cpu = pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test; tests/gpu runs the real one")
 
@@ -49,11 +53,11 @@ def test_plan_shares_prompts_and_grows_capacities():
     assert all(run is prompt for run, _ in plan.shared)
     assert [(run, r) for run, r in plan.single] == [(owns[0], 0), (owns[1], 1), (owns[2], 2), (other, 3), (owns[3], 3)]
     need = plan.need()
-    assert need == Caps(ls=2, qs=2, ps=3, l1=5, p1=1, k=2)
+    assert need == Caps(shared_lists=2, shared_rows=2, shared_pages=3, single_lists=5, single_pages=1, row_entries=2)
     caps = Caps(0, 0, 0, 0, 0, 0).grown(need, min_pages=4, max_pages=100, max_q=2)
-    assert caps == Caps(ls=2, qs=2, ps=4, l1=8, p1=4, k=2) and caps.covers(need)
+    assert caps == Caps(shared_lists=2, shared_rows=2, shared_pages=4, single_lists=8, single_pages=4, row_entries=2) and caps.covers(need)
     bigger = caps.grown(Caps(1, 2, 9, 1, 1, 3), min_pages=4, max_pages=10, max_q=2)
-    assert bigger == Caps(ls=2, qs=2, ps=10, l1=8, p1=4, k=4)  # pages capped (by the pool)
+    assert bigger == Caps(shared_lists=2, shared_rows=2, shared_pages=10, single_lists=8, single_pages=4, row_entries=4)  # pages capped (by the pool)
 
 
 @needs_cpu
@@ -62,8 +66,8 @@ def test_static_triton_step_smoke(tiny_qwen2, monkeypatch):
     3 paths (bucket 4: a padded row), page tables that must grow; the slow tests below go wider."""
     monkeypatch.setattr(graph_runner, "MIN_TOKENS", 1)
     cache = dict(kv_cache_memory=0.05, page_size=4)
-    ref = LLM(tiny_qwen2, cache=CacheConfig(attention="reference", **cache))
-    tri = LLM(tiny_qwen2, cache=CacheConfig(attention="triton", **cache))
+    ref = LLM(tiny_qwen2, cache=CacheConfig(**cache), decode=DecodeConfig(attention="reference"))
+    tri = LLM(tiny_qwen2, cache=CacheConfig(**cache), decode=DecodeConfig(attention="triton"))
     rng = random.Random(7)
     prompt = [rng.randrange(4, 50) for _ in range(9)]
     paths = [[rng.randrange(4, 50) for _ in range(n)] for n in (1, 2, 1)]
@@ -71,7 +75,7 @@ def test_static_triton_step_smoke(tiny_qwen2, monkeypatch):
     diffs = [abs(x - y) for x, y in zip(a.token_logprobs, b.token_logprobs) if x == x]
     assert len(diffs) >= 6 and max(diffs) <= 1e-4
     dec = tri.engine.runner.decoder
-    assert 4 in dec.states and max(st.caps.p1 for st in dec.states.values()) >= 3  # grew from 1-page tables
+    assert 4 in dec.states and max(st.caps.single_pages for st in dec.states.values()) >= 3  # grew from 1-page tables
 
 
 @pytest.mark.slow
@@ -80,8 +84,8 @@ def test_static_padded_path_scores_like_reference(tiny_qwen2, monkeypatch):
     """Teacher-forced scoring of 1, 3 and 5 paths (buckets 1, 4, 8: padded rows), page tables that grow."""
     monkeypatch.setattr(graph_runner, "MIN_TOKENS", 1)  # start with 1-page tables: every run re-grows them
     cache = dict(kv_cache_memory=0.05, page_size=4)
-    ref = LLM(tiny_qwen2, cache=CacheConfig(attention="reference", **cache))
-    tri = LLM(tiny_qwen2, cache=CacheConfig(attention="triton", **cache))
+    ref = LLM(tiny_qwen2, cache=CacheConfig(**cache), decode=DecodeConfig(attention="reference"))
+    tri = LLM(tiny_qwen2, cache=CacheConfig(**cache), decode=DecodeConfig(attention="triton"))
     rng = random.Random(5)
     for num_paths in (1, 3, 5):
         prompt = [rng.randrange(4, 50) for _ in range(9)]
@@ -93,7 +97,7 @@ def test_static_padded_path_scores_like_reference(tiny_qwen2, monkeypatch):
     dec = tri.engine.runner.decoder
     assert set(dec.states) >= {1, 4, 8}
     assert dec.stats["eager"] > 0 and dec.stats["replays"] == 0  # no graphs off CUDA
-    assert max(st.caps.p1 for st in dec.states.values()) >= 4  # grew past the first 1-page tables
+    assert max(st.caps.single_pages for st in dec.states.values()) >= 4  # grew past the first 1-page tables
 
 
 @pytest.mark.slow  # Triton's interpreter: ~20 s
@@ -102,8 +106,8 @@ def test_static_path_generation_with_split_shared_prompts(tiny_llama, monkeypatc
     """Two majority requests x 5 greedy samples (10 rows, bucket 16), each prompt in 3 shared lists."""
     monkeypatch.setattr(graph_runner, "MAX_QG", 4)  # G = 2: at most 2 rows per shared list
     cache = dict(kv_cache_memory=0.05, page_size=8)
-    ref = LLM(tiny_llama, cache=CacheConfig(attention="reference", **cache))
-    tri = LLM(tiny_llama, cache=CacheConfig(attention="triton", **cache))
+    ref = LLM(tiny_llama, cache=CacheConfig(**cache), decode=DecodeConfig(attention="reference"))
+    tri = LLM(tiny_llama, cache=CacheConfig(**cache), decode=DecodeConfig(attention="triton"))
     pp = ParallelParams(mode="majority", num_paths=5, max_path_tokens=6)
     sp = SamplingParams(temperature=0.0, ignore_eos=True)
     prompts = ["what is 1 + 2 ?", "the goal is node 3 from node 1 then back"]
@@ -113,4 +117,4 @@ def test_static_path_generation_with_split_shared_prompts(tiny_llama, monkeypatc
         for p, q in zip(x.paths, y.paths):
             assert max(abs(u - v) for u, v in zip(p.logprobs, q.logprobs)) <= 1e-4
     st = tri.engine.runner.decoder.states[16]
-    assert st.caps.ls >= 6 and st.caps.qs == 2
+    assert st.caps.shared_lists >= 6 and st.caps.shared_rows == 2

@@ -16,7 +16,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from scenarios import logprobs, mixed_specs, outcome, run_mixed  # noqa: E402
 
-from parathinker import LLM, CacheConfig  # noqa: E402
+from parathinker import LLM, CacheConfig, DecodeConfig  # noqa: E402
 from parathinker.engine import sampler  # noqa: E402
 
 
@@ -26,7 +26,7 @@ from parathinker.engine import sampler  # noqa: E402
     pytest.param("triton", slice(0, 3, 2), marks=pytest.mark.slow),  # Triton's interpreter: ~25 s
 ])
 def test_overlap_gives_the_synchronous_tokens(tiny_qwen2, attention, which):
-    llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4, attention=attention))
+    llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4), decode=DecodeConfig(attention=attention))
     sync = run_mixed(llm, False, which)
     over = run_mixed(llm, True, which)
     assert outcome(over) == outcome(sync)
@@ -50,7 +50,7 @@ def test_overlap_discards_a_step_whose_fed_token_was_redrawn(tiny_qwen2, monkeyp
 
 
 def test_overlap_is_for_cuda_only_by_default(tiny_qwen2):
-    assert CacheConfig().overlap and not LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05)).engine.overlap
+    assert DecodeConfig().overlap and not LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05)).engine.overlap
 
 
 def test_overlap_with_requests_admitted_midrun_mixed(tiny_qwen2):
@@ -63,7 +63,7 @@ def test_overlap_with_requests_admitted_midrun_mixed(tiny_qwen2):
     orig = eng._prefill
 
     def spy(reqs):  # noqa: ANN001, ANN202
-        admitted.append((len(reqs), eng._inflight is not None))
+        admitted.append((len(reqs), eng.draws.inflight is not None))
         return orig(reqs)
 
     eng._prefill = spy

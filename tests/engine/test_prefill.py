@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from parathinker import LLM, CacheConfig, ParallelParams
+from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams
 from parathinker.engine import runner as runner_mod
 from parathinker.layout import visibility_from_kinds, visibility_rows
 
@@ -43,8 +43,8 @@ def test_long_chunks_in_pieces_score_the_same(tiny_qwen2, monkeypatch, mode, cau
     """A budget of 64 (rows x keys) cuts the prompt prefill and the re-prefill into many pieces
     (PagedCausal pieces, or the masked reference's)."""
     prompt, bodies, summary = _case(1)
-    llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
-    llm.engine.runner.causal_prefill = causal
+    llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4),
+              decode=DecodeConfig(reference_prefill=not causal))
     pp = ParallelParams(num_paths=3, mode=mode)
     whole, n_whole = _forwards(llm, lambda: llm.score(prompt, bodies, summary, pp))
     monkeypatch.setattr(runner_mod, "MAX_MASK_ELEMENTS", 64)
@@ -99,7 +99,7 @@ def test_multi_token_chunks_through_paged_causal(tiny_llama, mode):
     assert True in calls  # the prompt, over its fresh k'/v'
     if mode != "majority":
         assert False in calls  # forced path bodies (after the prompt) and re-prefill segments, over pool keys
-    llm.engine.runner.causal_prefill = False
+    llm = LLM(tiny_llama, cache=CacheConfig(kv_cache_memory=0.05, page_size=4), decode=DecodeConfig(reference_prefill=True))
     ref = run()
     assert all(_close(a, b, 1e-5) for a, b in zip(fast, ref))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from parathinker.engine import sampler
-from parathinker.engine.params import SamplingParams
 from parathinker.engine.sampler import Row, sample
+from parathinker.params import SamplingParams
 
 NO_BAN = torch.empty(0, dtype=torch.long)
 
@@ -93,7 +93,7 @@ def test_engine_redraws_flagged_rows_with_model_logprobs(tiny_qwen2, monkeypatch
     llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
     calls = []
     real = sampler.resample_exact
-    monkeypatch.setattr("parathinker.engine.engine.resample_exact", lambda lg, rows: calls.append(len(rows)) or real(lg, rows))
+    monkeypatch.setattr("parathinker.engine.draws.resample_exact", lambda lg, rows: calls.append(len(rows)) or real(lg, rows))
     pp = ParallelParams(num_paths=3, max_path_tokens=6, summary_max_tokens=3)
     out = llm.generate([[5, 6, 7, 8, 9]], pp, SamplingParams(temperature=5.0, top_p=0.95, seed=1))[0]
     assert sum(calls) > 5

@@ -34,7 +34,7 @@ def bundled() -> LLM:
 
 def solo(llm: LLM, spec: RequestSpec) -> list:
     (req,) = llm.engine.run([spec])
-    return [(s.kind, s.body, s.finish_reason) for s in all_seqs(req)]
+    return [(s.role, s.body, s.finish_reason) for s in all_seqs(req)]
 
 
 def from_output(out) -> list:  # noqa: ANN001
@@ -245,7 +245,7 @@ def test_random_schedules_keep_the_invariants(tiny_qwen2, seed: int) -> None:  #
 
 def check_pages(eng) -> None:  # noqa: ANN001
     runs = {}
-    for req in eng._active:
+    for req in eng.scheduler.running:
         for run in [req.prompt_run, *(r for s in all_seqs(req) for r in s.reads)]:
             if run is not None:
                 runs[id(run)] = run

@@ -11,8 +11,8 @@ import torch
 os.environ.setdefault("TRITON_INTERPRET", "1")  # CPU: interpret the kernel; on CUDA this is unset by the user
 triton = pytest.importorskip("triton")
 
+from parathinker.engine.attention.triton import build_lists, decode_attention, row_entry_table  # noqa: E402
 from parathinker.engine.block_manager import PagePool  # noqa: E402
-from parathinker.engine.triton_decode import build_lists, decode_attention, row_entry_table  # noqa: E402
 
 
 def _reference(q, k_cache, v_cache, reads):
@@ -80,10 +80,10 @@ def test_engine_with_triton_decode_equals_reference(tiny_qwen2):
     """Scoring runs every path and summary token as a decode step: the kernel backend must match."""
     if torch.cuda.is_available():
         pytest.skip("interpreter test")
-    from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
+    from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams
 
-    ref = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, attention="reference"))
-    tri = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, attention="triton"))
+    ref = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05), decode=DecodeConfig(attention="reference"))
+    tri = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05), decode=DecodeConfig(attention="triton"))
     rng = random.Random(3)
     prompt = [rng.randrange(4, 50) for _ in range(11)]
     paths = [[rng.randrange(4, 50) for _ in range(n)] for n in (3, 7, 1, 5)]

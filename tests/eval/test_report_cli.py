@@ -142,9 +142,14 @@ def test_report_errors(tmp_path: Path) -> None:
 
 
 def test_load_llm_without_engine_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
     import parathinker
 
-    if hasattr(parathinker, "LLM"):
+    # no engine in this install: parathinker.LLM (loaded on first use from parathinker.engine) cannot be imported
+    if "LLM" in vars(parathinker):
         monkeypatch.delattr(parathinker, "LLM")
+    monkeypatch.delattr(parathinker, "engine", raising=False)
+    monkeypatch.setitem(sys.modules, "parathinker.engine", None)
     with pytest.raises(ConfigError, match="engine"):
         cli.load_llm("x", None)

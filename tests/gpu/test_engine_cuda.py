@@ -8,7 +8,7 @@ import pytest
 import torch
 from scenarios import churn_equals_reference, logprobs, outcome, run_mixed
 
-from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
+from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams
 
 pytestmark = [
     pytest.mark.gpu,
@@ -54,8 +54,8 @@ def test_cuda_generation_runs_and_returns_pages(tiny_qwen2):
 
 def test_triton_decode_kernel_compiled_matches_reference():
     """The compiled kernel at a realistic shape (Qwen2.5-1.5B heads), bf16 cache, page tables, cascade lists."""
+    from parathinker.engine.attention.triton import build_lists, decode_attention, row_entry_table
     from parathinker.engine.block_manager import PagePool
-    from parathinker.engine.triton_decode import build_lists, decode_attention, row_entry_table
 
     torch.manual_seed(0)
     H, KVH, D, P, L, ps = 12, 2, 128, 16, 2048, 16
@@ -95,7 +95,8 @@ def test_cuda_causal_prefill_equals_masked_reference(tiny_qwen2, dtype, tol, mod
     paths = [[rng.randrange(4, 50) for _ in range(rng.randrange(20, 60))] for _ in range(4)]
     pp = ParallelParams(num_paths=4, mode=mode)
     fast = llm.score(prompt, paths, [5, 6, 7], pp, path_logprobs=False).token_logprobs
-    llm.engine.runner.causal_prefill = False
+    llm = LLM(tiny_qwen2, device="cuda", dtype=dtype, cache=CacheConfig(kv_cache_memory=0.25),
+              decode=DecodeConfig(reference_prefill=True))
     ref = llm.score(prompt, paths, [5, 6, 7], pp, path_logprobs=False).token_logprobs
     diff = max(abs(a - b) for a, b in zip(fast, ref) if a == a)
     assert diff <= tol, diff
@@ -104,7 +105,7 @@ def test_cuda_causal_prefill_equals_masked_reference(tiny_qwen2, dtype, tol, mod
 @pytest.mark.parametrize("graphs", [True, False])
 def test_cuda_overlap_gives_the_synchronous_tokens(tiny_qwen2, graphs):
     """Overlapped decoding (the CUDA default) vs the synchronous loop, with CUDA graphs on and off: same tokens."""
-    llm = LLM(tiny_qwen2, device="cuda", dtype="float32", cache=CacheConfig(kv_cache_memory=0.25, cuda_graphs=graphs))
+    llm = LLM(tiny_qwen2, device="cuda", dtype="float32", cache=CacheConfig(kv_cache_memory=0.25), decode=DecodeConfig(cuda_graphs=graphs))
     assert llm.engine.overlap  # on by default here
     sync = run_mixed(llm, False)
     over = run_mixed(llm, True)

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from parathinker import LLM, CacheConfig
+from parathinker import LLM, CacheConfig, DecodeConfig
 
 pytestmark = [
     pytest.mark.gpu,
@@ -25,7 +25,7 @@ def _tol(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_elementwise_kernels_match_twins(dtype):
-    from parathinker.engine import kernels
+    from parathinker.engine.decode import kernels
 
     g = torch.Generator(device="cuda").manual_seed(0)
     B = 16
@@ -56,8 +56,8 @@ def test_elementwise_kernels_match_twins(dtype):
 
 
 def test_merge_kernel_matches_torch_merge():
-    from parathinker.engine import kernels
-    from parathinker.engine.triton_decode import build_lists, merge_partials, row_entry_table
+    from parathinker.engine.attention.triton import build_lists, merge_partials, row_entry_table
+    from parathinker.engine.decode import kernels
 
     g = torch.Generator(device="cuda").manual_seed(1)
     G = H // KVH
@@ -79,9 +79,10 @@ def test_merge_kernel_matches_torch_merge():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_fused_engine_scores_like_modular(tiny_qwen2, dtype):
     """Teacher-forced log-probs with the fused step (graphs on) vs the modular step (graphs on) vs reference."""
-    base = dict(kv_cache_memory=0.25, attention="triton")
-    fused = LLM(tiny_qwen2, device="cuda", dtype=dtype, cache=CacheConfig(fused_decode=True, **base))
-    modular = LLM(tiny_qwen2, device="cuda", dtype=dtype, cache=CacheConfig(fused_decode=False, **base))
+    cache = CacheConfig(kv_cache_memory=0.25)
+    fused = LLM(tiny_qwen2, device="cuda", dtype=dtype, cache=cache, decode=DecodeConfig(attention="triton", fused_decode=True))
+    modular = LLM(tiny_qwen2, device="cuda", dtype=dtype, cache=cache,
+                  decode=DecodeConfig(attention="triton", fused_decode=False))
     rng = random.Random(3)
     prompt = [rng.randrange(4, 50) for _ in range(40)]
     paths = [[rng.randrange(4, 50) for _ in range(rng.randrange(1, 30))] for _ in range(5)]

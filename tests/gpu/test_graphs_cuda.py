@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from parathinker import LLM, CacheConfig, ParallelParams, SamplingParams
+from parathinker import LLM, CacheConfig, DecodeConfig, ParallelParams, SamplingParams
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,9 +21,9 @@ pytestmark = [
 def _llms(ckpt, dtype="float32", **cache):
     base = dict(kv_cache_memory=0.25, **cache)
     return (
-        LLM(ckpt, device="cuda", dtype=dtype, cache=CacheConfig(attention="triton", cuda_graphs=True, **base)),
-        LLM(ckpt, device="cuda", dtype=dtype, cache=CacheConfig(attention="triton", cuda_graphs=False, **base)),
-        LLM(ckpt, device="cuda", dtype=dtype, cache=CacheConfig(attention="reference", **base)),
+        LLM(ckpt, device="cuda", dtype=dtype, cache=CacheConfig(**base), decode=DecodeConfig(attention="triton", cuda_graphs=True)),
+        LLM(ckpt, device="cuda", dtype=dtype, cache=CacheConfig(**base), decode=DecodeConfig(attention="triton", cuda_graphs=False)),
+        LLM(ckpt, device="cuda", dtype=dtype, cache=CacheConfig(**base), decode=DecodeConfig(attention="reference")),
     )
 
 
@@ -82,7 +82,7 @@ def test_graph_logits_bf16_close_to_reference(tiny_llama):
 
 def test_seeded_sampling_with_graphs_is_reproducible(tiny_qwen2):
     """Same seed twice (sampling on the GPU, per-request generators) -> the same tokens; another seed differs."""
-    llm = LLM(tiny_qwen2, device="cuda", cache=CacheConfig(kv_cache_memory=0.25, cuda_graphs=True))
+    llm = LLM(tiny_qwen2, device="cuda", cache=CacheConfig(kv_cache_memory=0.25), decode=DecodeConfig(cuda_graphs=True))
     pp = ParallelParams(num_paths=4, max_path_tokens=24, summary_max_tokens=8)
 
     def tokens(seed):
@@ -100,7 +100,7 @@ def test_seeded_sampling_with_graphs_is_reproducible(tiny_qwen2):
 
 def test_graph_capture_grows_with_context(tiny_qwen2, monkeypatch):
     """Page tables that must grow mid-run: the bucket is re-captured and stays exact."""
-    from parathinker.engine import graph_runner
+    from parathinker.engine.decode import graphs as graph_runner
 
     monkeypatch.setattr(graph_runner, "MIN_TOKENS", 16)
     graph, _, ref = _llms(tiny_qwen2, page_size=4)

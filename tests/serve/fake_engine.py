@@ -13,8 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from parathinker.engine.outputs import PathOutput, RequestOutput, SummaryOutput
-from parathinker.engine.params import ParallelParams, SamplingParams
 from parathinker.errors import ConfigError, PromptTooLongError
+from parathinker.params import ParallelParams, SamplingParams
 
 CONTEXT = 64
 PREFIX = "The answer is"

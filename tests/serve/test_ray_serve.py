@@ -46,6 +46,21 @@ def test_config_file_builds_the_application() -> None:
     assert isinstance(app_builder(app["args"]), Application)
 
 
+def test_a_replica_builds_its_engine_from_the_args() -> None:
+    """Cache and decode settings reach each replica's LLM (built here outside Ray, as Ray would build it)."""
+    pytest.importorskip("ray", reason="needs Ray: pip install 'parathinker[ray]'")
+    from dataclasses import asdict
+
+    from parathinker.serve.ray_serve import ParaThinkerReplica
+
+    args = ReplicaArgs(threads="1", cache={"num_pages": 64}, decode={"attention": "reference", "fused_decode": False},
+                       serve={"served_model_name": "m"})
+    replica = ParaThinkerReplica(asdict(args))
+    assert replica.llm.engine.kv_pages_total == 64 - 1  # one page is the padding rows' null page
+    assert replica.llm.engine.runner.decoder.name == "reference" and not replica.llm.engine.runner.decoder.fused
+    assert replica.config.served_model_name == "m"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -23,6 +23,7 @@ from parathinker.cli import main
     (["--api-key", ""], "api_key is empty"),
     (["--page-size", "0"], "page_size must be >= 1"),
     (["--model", "/nonexistent/dir"], "no such model directory"),
+    (["--attention", "bogus"], "attention must be auto, triton, cascade or reference"),
 ])
 def test_bad_options_are_one_line(capsys, args: list[str], message: str) -> None:
     rc = main(["serve", *args])
@@ -34,7 +35,7 @@ def test_help_lists_the_options() -> None:
     r = subprocess.run([sys.executable, "-m", "parathinker", "serve", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0
     for opt in ("--model", "--host", "--port", "--served-model-name", "--api-key", "--max-waiting", "--device",
-                "--num-pages", "--threads"):
+                "--num-pages", "--threads", "--attention", "--no-fused-decode", "--no-packed-weights"):
         assert opt in r.stdout, opt
 
 

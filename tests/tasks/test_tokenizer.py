@@ -66,7 +66,7 @@ def test_chat_template_is_the_prompt_verbatim(tok):
 
 
 def test_engine_prompt_is_the_problem_text(tok, tmp_path):
-    from parathinker.engine.prompting import PromptStyle, encode_prompt, format_prompt
+    from parathinker.prompting import PromptStyle, encode_prompt, format_prompt
 
     style = PromptStyle(**prompting_defaults())
     prompt = "graph : 12 > 47 , 47 > 90 ; find path 12 to 90"

@@ -89,7 +89,7 @@ def test_batch_equals_layout_pack(tok, ctok, layout):
 
 
 def test_prompt_matches_engine_formatting(tok):
-    from parathinker.engine.prompting import encode_prompt
+    from parathinker.prompting import encode_prompt
 
     r = Record("a", ("p",), "s", prompt="what is two plus two")
     assert prompt_ids(tok, r) == encode_prompt(tok, "what is two plus two")
@@ -99,8 +99,8 @@ def test_prompt_matches_engine_formatting(tok):
 
 
 def test_engine_prompting_takes_chat_messages(tok):
-    """One formatter for train and inference: messages go through engine.prompting, verbatim with the template."""
-    from parathinker.engine.prompting import PromptStyle, encode_prompt, format_prompt
+    """One formatter for train and inference: messages go through parathinker.prompting, verbatim with the template."""
+    from parathinker.prompting import PromptStyle, encode_prompt, format_prompt
 
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "what is two"}]
     text = format_prompt(tok, msgs)

@@ -57,7 +57,7 @@ def toy_model(prepared_qwen, tmp_path_factory) -> Path:
 @pytest.mark.slow  # ~60 s on 2 shared cores (100 training steps + generation)
 def test_generations_follow_the_format(toy_model):
     from parathinker.engine.llm import LLM
-    from parathinker.engine.params import ParallelParams, SamplingParams
+    from parathinker.params import ParallelParams, SamplingParams
 
     llm = LLM(str(toy_model), device="cpu", dtype=torch.float32)
     pp = ParallelParams(num_paths=3, termination="last", max_path_tokens=40, summary_max_tokens=40, summary_prefix="")

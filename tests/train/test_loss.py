@@ -58,7 +58,7 @@ def test_chunked_without_labels_is_a_differentiable_zero():
 def batch(prepared_qwen):
     import transformers
 
-    from parathinker.engine.prompting import PromptStyle
+    from parathinker.prompting import PromptStyle
     from parathinker.tokens import ControlTokens
     from parathinker.train.collate import Collator, MultiPathDataset, PackConfig, encode_records
     from parathinker.train.data import Record

@@ -72,8 +72,8 @@ def test_loss_falls_and_checkpoints_are_models(prepared_qwen, toy_data, trained)
 def test_trainer_logprobs_equal_engine_score(trained, toy_data):
     """Train/inference agreement: the packed forward the loss uses vs the engine's incremental decode."""
     from parathinker.engine.llm import LLM
-    from parathinker.engine.params import ParallelParams
-    from parathinker.engine.prompting import PromptStyle
+    from parathinker.params import ParallelParams
+    from parathinker.prompting import PromptStyle
     from parathinker.tokens import ControlTokens
     from parathinker.train.collate import Collator, MultiPathDataset, encode_records
     from parathinker.train.data import load_records

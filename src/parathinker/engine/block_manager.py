@@ -41,9 +41,6 @@ class Run:
         """Flat cache slot of token ``i`` of this run."""
         return self.pages[i // self.page_size] * self.page_size + i % self.page_size
 
-    def slots(self, start: int = 0, end: int | None = None) -> list[int]:
-        return self.slot_list[start:end]
-
 
 class PagePool:
     """Free list + per-request reservations over ``num_pages`` pages."""

@@ -19,7 +19,7 @@ CPU_POOL_MAX_GIB = 2
 
 @dataclass
 class CacheConfig:
-    """KV memory: one preallocated pool of pages, sized from a memory budget."""
+    """KV memory: one preallocated pool of pages, sized from a memory budget (how decode steps run: ``DecodeConfig``)."""
 
     page_size: int = field(default=16, metadata={"help": "tokens per KV page"})
     kv_cache_memory: float | None = field(
@@ -29,33 +29,6 @@ class CacheConfig:
                   f"{CPU_POOL_MAX_GIB} GiB; on CUDA 85%% of free memory"},
     )
     num_pages: int | None = field(default=None, metadata={"help": "exact page count (overrides the budget)"})
-    attention: str = field(
-        default="auto",
-        metadata={"help": "decode attention: auto (triton on CUDA, cascade elsewhere), triton, cascade (torch: shared prompt read once per request), reference (explicit mask)"},
-    )
-    cuda_graphs: bool = field(
-        default=True,
-        metadata={"help": "capture decode steps in CUDA graphs, one per batch bucket (CUDA + triton attention only)"},
-    )
-    fused_decode: bool = field(
-        default=True,
-        metadata={"help": "decode steps through fused q|k|v and gate|up GEMMs and fused norm/RoPE/KV-write/SiLU/merge "
-                  "kernels (Triton with triton attention, torch twins otherwise); off: the model's modular forward"},
-    )
-    packed_weights: bool = field(
-        default=True,
-        metadata={"help": "CPU: the fused decode step's GEMMs and the LM head run over a copy of the weights packed "
-                  "once for oneDNN (8 rows cost about what 1 does); skipped when the copy would take more than "
-                  "a quarter of the free memory"},
-    )
-    overlap: bool = field(
-        default=True,
-        metadata={"help": "CUDA: launch decode step n+1 before reading step n's tokens on the host, so the host's "
-                  "bookkeeping runs while the GPU computes (same tokens; no effect on the CPU)"},
-    )
-    max_graph_batch: int = field(
-        default=256, metadata={"help": "largest decode batch run through a CUDA graph (larger ones run eagerly)"}
-    )
 
     def __post_init__(self) -> None:
         if self.page_size < 1:
@@ -64,10 +37,6 @@ class CacheConfig:
             raise ConfigError(f"kv_cache_memory must be > 0 GiB, got {self.kv_cache_memory}")
         if self.num_pages is not None and self.num_pages < 2:
             raise ConfigError(f"num_pages must be >= 2, got {self.num_pages}")
-        if self.attention not in ("auto", "reference", "triton", "cascade"):
-            raise ConfigError(f"attention must be auto, triton, cascade or reference, got {self.attention!r}")
-        if self.max_graph_batch < 1:
-            raise ConfigError(f"max_graph_batch must be >= 1, got {self.max_graph_batch}")
 
 
 class KVCache:

@@ -15,12 +15,13 @@ import torch
 from ..errors import ConfigError, TokenizerError
 from ..layout import IGNORE_INDEX, pack
 from ..model import load_model
+from ..params import ParallelParams, SamplingParams
+from ..prompting import Prompt, PromptStyle, encode_prompt, format_prompt
 from ..tokens import ControlTokens, load_tokenizer
+from .decode.config import DecodeConfig
 from .engine import Engine
 from .kv_cache import CacheConfig
 from .outputs import RequestOutput, ScoreOutput, build_output
-from .params import ParallelParams, SamplingParams
-from .prompting import Prompt, PromptStyle, encode_prompt, format_prompt
 from .sequence import Request, RequestSpec
 
 
@@ -52,10 +53,11 @@ class LLM:
         cache: CacheConfig | None = None,
         prompt_style: PromptStyle | None = None,
         threads: int | str | None = None,
+        decode: DecodeConfig | None = None,
     ):
         """``threads``: torch CPU threads; None leaves torch's setting, "auto" uses 1 for small models
         on the CPU (their ops are too short to gain from threads, and threads that wait on each
-        other make a busy machine many times slower)."""
+        other make a busy machine many times slower). ``cache``: KV memory; ``decode``: how decode steps run."""
         path = resolve_model_path(model)
         self.path = path
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -73,7 +75,7 @@ class LLM:
         except TokenizerError:
             self.control = None
         self.eos_ids = eos
-        self.engine = Engine(self.model, self.control, eos, cache, tokenizer=self.tokenizer)
+        self.engine = Engine(self.model, self.control, eos, cache, tokenizer=self.tokenizer, decode=decode)
 
     # ------------------------------------------------------------------ prompting
     def format_prompt(self, question: Prompt, raw: bool = False) -> str:

@@ -2,111 +2,47 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from itertools import chain
 
 import torch
 
+from ..layout import sees
 from ..model import ParaThinkerForCausalLM
-from .attention import (
-    PackedPrompts,
-    PagedCascade,
-    PagedCausal,
-    PagedReference,
-    build_metadata,
-    triton_available,
-)
-from .block_manager import Run
-from .fused import FusedDecoder
+from .attention.prefill import PackedPrompts, PagedCausal
+from .attention.reference import PagedReference, build_metadata
+from .decode.backend import DecodeBackend, build_decode_backend
+from .decode.config import DecodeConfig
+from .decode.fused import FusedDecoder
 from .kv_cache import CacheConfig, KVCache
+from .plan import Chunk, Feed, padded_inputs
 
 MAX_MASK_ELEMENTS = 2**28  # a prefill's (rows x keys) mask stays under 1 GiB of float32; longer ones go in pieces
 MAX_PREFILL_TOKENS = 16384  # prompts packed into one prefill forward, at most this many tokens together
 
 
-@dataclass
-class Chunk:
-    """New tokens of one sequence for one forward. Their slots are already allocated (end of the last run)."""
-
-    tokens: list[int]
-    positions: list[int]
-    segments: list[int]
-    new_slots: list[int]
-    reads: list[Run]  # the runs it reads, in order; its own run (holding the new tokens) last
-    kinds: torch.Tensor | None = None  # re-prefill: layout kinds of its last m >= n keys (new tokens last); None = causal
-    shared_prefix: bool = False  # reads[0] is a prompt run its sibling sequences read too
-
-
-@dataclass
-class Feed:
-    """Decode inputs already on the device: row ``dst[i]`` of a step takes ``tokens[src[i]]`` (overlapped decoding)."""
-
-    tokens: torch.Tensor  # (N,) long, the previous step's draws
-    dst: list[int]
-    src: list[int]
-
-    def apply(self, ids: torch.Tensor) -> None:
-        """Write the fed tokens into ``ids`` ((B, 1), on the device), in stream order before the forward."""
-        if not self.dst:
-            return
-        n = len(self.dst)
-        if self.dst == self.src == list(range(n)):  # the steady state: every row continues, in the same order
-            ids[:n, 0].copy_(self.tokens[:n])
-            return
-        dev = ids.device
-        at = torch.tensor(self.dst, device=dev)
-        ids[:, 0].index_copy_(0, at, self.tokens.index_select(0, torch.tensor(self.src, device=dev)).to(ids.dtype))
-
-
 class ModelRunner:
-    def __init__(self, model: ParaThinkerForCausalLM, cache_config: CacheConfig):
+    """Owns the model, the KV pool and the decode backend; turns a list of ``Chunk``s into one forward."""
+
+    def __init__(self, model: ParaThinkerForCausalLM, cache_config: CacheConfig, decode: DecodeConfig | None = None):
+        decode = decode or DecodeConfig()
         self.model = model
         self.device = model.device
         self.kv = KVCache(model.config, cache_config, model.dtype, self.device)
         self.num_forwards = 0
-        self.decode_backend = resolve_backend(cache_config.attention, self.device)
-        self.fused = None  # the decode forward with fused GEMMs/kernels (Triton ones with triton attention)
-        self.pack_weights = cache_config.packed_weights
-        if cache_config.fused_decode:
-            self._make_fused()
-        self.causal_prefill = True  # multi-token chunks through PagedCausal (False: the masked reference, for comparisons)
-        self.decoder = None  # decode steps through static per-bucket buffers (CUDA graphs on CUDA)
-        if self.decode_backend == "triton":
-            from .graph_runner import DecodeGraphs
+        # decode steps (one new token per row): one backend, picked by the factory from the config
+        self.decoder: DecodeBackend = build_decode_backend(model, self.kv.data, cache_config.page_size,
+                                                           self.kv.num_pages, decode)
+        # multi-token chunks through SDPA's causal modes (off: the explicit-mask reference, the tests' oracle)
+        self.causal_prefill = not decode.reference_prefill
 
-            self.decoder = DecodeGraphs(model, self.kv.data, cache_config.page_size, self.kv.num_pages,
-                                        cache_config.cuda_graphs, cache_config.max_graph_batch, self.fused)
-
-    def _make_fused(self) -> None:
-        fusable = isinstance(self.model, ParaThinkerForCausalLM)  # stand-in models (tests) keep their own hidden()
-        if fusable and self.decode_backend in ("triton", "cascade"):
-            self.fused = FusedDecoder(self.model, use_triton=self.decode_backend == "triton",
-                                      pack=self.pack_weights and self.device.type == "cpu")
-
-    def set_decode(self, *, fused: bool | None = None, cuda_graphs: bool | None = None,
-                   packed: bool | None = None) -> None:
-        """Switch the fused forward, CUDA graphs and/or packed CPU weights (benchmarks compare them in one process).
-
-        Captured graphs are dropped when the forward changes. ``cuda_graphs`` only takes effect on
-        CUDA with triton attention where capture has not failed; ``packed`` only on the CPU.
-        """
-        want = (self.fused is not None) if fused is None else fused
-        repack = want and packed is not None and packed != self.pack_weights
-        if packed is not None:
-            self.pack_weights = packed
-        if repack or want != (self.fused is not None):
-            self.fused = None
-            if want:
-                self._make_fused()
-            if self.decoder is not None:
-                self.decoder.set_forward(self.fused)
-        if cuda_graphs is not None and self.decoder is not None:
-            dec = self.decoder
-            dec.use_graphs = cuda_graphs and dec.device.type == "cuda" and dec.error is None
+    @property
+    def fused(self) -> FusedDecoder | None:
+        """The fused decode forward, if the backend has one."""
+        return self.decoder.fused
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., V) float32 logits: through the fused step's LM head when there is one (packed on the CPU)."""
-        return (self.fused or self.model).logits(hidden)
+        return self.decoder.logits(hidden)
 
     @torch.inference_mode()
     def prefill(self, chunks: list[Chunk]) -> torch.Tensor:
@@ -147,24 +83,13 @@ class ModelRunner:
         B, T = len(chunks), max(len(c.tokens) for c in chunks)
         decode = T == 1 and all(c.kinds is None for c in chunks)  # one new token per row, causal
         assert feed is None or decode, "fed tokens are decode inputs"
-        if self.decoder is not None and decode:
+        if decode:
             self.num_forwards += 1
-            return self.decoder.run(chunks, feed)
-        if B == 1 and not decode:  # a multi-token chunk (the engine runs each alone): prompt, forced tokens, re-prefill
+            return self.decoder.decode(chunks, feed)
+        if B == 1:  # a multi-token chunk (the engine runs each alone): prompt, forced tokens, re-prefill
             c = chunks[0]
             return self._forward_packed(c) if c.kinds is not None else self._forward_causal(c)
-        ids, pos, seg = _padded_inputs(chunks, T)
-        dev = self.device
-        if feed is not None:
-            ids = ids.to(dev)
-            feed.apply(ids)
-        if self.decode_backend == "cascade" and decode:
-            attn = PagedCascade.for_chunks(self.kv.data, chunks, dev)
-            self.num_forwards += 1
-            if self.fused is not None:
-                return self._logits(self.fused.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn))
-            hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
-            return self._logits(hidden[:, 0])
+        ids, pos, seg = padded_inputs(chunks, T)
         return self._forward_dense(chunks, ids, pos, seg)
 
     def _forward_dense(self, chunks: list[Chunk], ids: torch.Tensor, pos: torch.Tensor, seg: torch.Tensor,
@@ -205,8 +130,6 @@ class ModelRunner:
         so a path never pays for the other paths' keys: attention work ~ P x L x (prompt + L), not
         (P x L)^2, and no mask exceeds MAX_MASK_ELEMENTS (long segments go in pieces of rows).
         """
-        from ..layout import sees
-
         assert c.kinds is not None and len(c.kinds) == len(c.tokens), "a packed chunk has one kind per new token"
         slots = torch.tensor(list(chain.from_iterable(r.slot_list for r in c.reads)))
         n, kinds = len(c.tokens), c.kinds.cpu()
@@ -239,29 +162,3 @@ class ModelRunner:
                            None if fresh else torch.tensor([read], device=dev))
         self.num_forwards += 1
         return self._logits(self.model.hidden(*(x.to(dev) for x in t), attn)[:, -1])
-
-
-def _padded_inputs(chunks: list[Chunk], T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, T) long token ids, positions, segment ids, zero padded: one tensor each from flat lists."""
-    if T == 1:
-        return tuple(torch.tensor([[getattr(c, f)[0]] for c in chunks]) for f in ("tokens", "positions", "segments"))
-    lens = [len(c.tokens) for c in chunks]
-    rows = torch.repeat_interleave(torch.arange(len(chunks)), torch.tensor(lens))
-    cols = torch.cat([torch.arange(n) for n in lens])
-    out = []
-    for f in ("tokens", "positions", "segments"):
-        t = torch.zeros(len(chunks), T, dtype=torch.long)
-        t[rows, cols] = torch.tensor(list(chain.from_iterable(getattr(c, f) for c in chunks)))
-        out.append(t)
-    return out[0], out[1], out[2]
-
-
-def resolve_backend(name: str, device: torch.device) -> str:
-    """``auto``: the Triton decode kernel on CUDA when Triton is installed, else the torch cascade."""
-    if name == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "cascade"
-    if name == "triton" and not triton_available():
-        from ..errors import ConfigError
-
-        raise ConfigError("--attention triton needs the triton package (pip install triton)")
-    return name

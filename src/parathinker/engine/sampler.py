@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .params import SamplingParams
+from ..params import SamplingParams
 
 CANDIDATES = 1024
 FIRST_CANDIDATES = 64  # CPU: the first window tried

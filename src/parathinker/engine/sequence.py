@@ -9,11 +9,11 @@ from typing import Literal
 import torch
 
 from ..layout import LayoutConfig
+from ..params import ParallelParams, SamplingParams
 from .block_manager import Run
 from .detok import IncrementalDetokenizer
-from .params import ParallelParams, SamplingParams
 
-Kind = Literal["path", "sample", "summary", "reprefill"]
+Role = Literal["path", "sample", "summary", "reprefill"]  # what a sequence is to its request
 
 
 @dataclass
@@ -44,11 +44,11 @@ class Seq:
 
     It reads ``reads`` (runs shared with others, its own run last) and writes ``own``. ``pending``
     holds the tokens to feed in the next forward (sampled or forced, not yet in the cache);
-    ``t`` counts the tokens already in its own run, the layout turns ``t`` into positions.
+    ``num_cached`` counts the tokens already in its own run, the layout turns it into positions.
     """
 
     req: Request
-    kind: Kind
+    role: Role
     index: int  # think index (paths, 1-based), sample number, or 0
     order: int  # 0-based order among the request's paths
     reads: list[Run]
@@ -61,14 +61,14 @@ class Seq:
     pending_positions: list[int] | None = None  # explicit positions (re-prefill chunk)
     pending_segments: list[int] | None = None
     kinds: torch.Tensor | None = None  # layout kinds of the re-prefill chunk (its mask, built by the layout)
-    t: int = 0
+    num_cached: int = 0  # tokens already in its own run (the layout turns it into positions)
     body: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     forced: list[int] | None = None
     finished: bool = False
     finish_reason: str | None = None
     next_position: int | None = None  # re-prefill summary: continues after the packed sequence
-    t0: int = 0  # re-prefill summary: length of the packed chunk
+    packed_len: int = 0  # re-prefill summary: length of the packed chunk
     end_logprob: float = float("nan")  # raw log-prob of the token that ended it
     sent: int = 0  # body tokens already reported in deltas (streamed requests)
     sent_finish: bool = False

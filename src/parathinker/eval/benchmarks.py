@@ -27,7 +27,6 @@ from typing import Any
 from ..errors import DataError
 from .grading import gold_to_str, is_equivalent
 
-GRADERS = ("math", "pathfind")
 PATHFIND = "pathfind"
 _PATHFIND_KEYS = ("prompt", "start", "goal", "edges", "answer")
 

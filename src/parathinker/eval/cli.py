@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..cliutil import add_dataclass_args, dataclass_from_args, parse_threads
-from ..engine.params import ParallelParams, SamplingParams
-from ..engine.prompting import PromptStyle
 from ..errors import CheckpointError, ConfigError
+from ..params import ParallelParams, SamplingParams
+from ..prompting import PromptStyle
 from .benchmarks import BENCHMARK_NAMES, PATHFIND, benchmark_label, load_benchmark, parse_benchmark_list
 from .report import build_report
 from .runner import GenerateLLM, run_eval

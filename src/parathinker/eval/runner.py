@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-from ..engine.params import ParallelParams, SamplingParams
 from ..errors import ParaThinkerError, TokenizerError
+from ..params import ParallelParams, SamplingParams
 from .benchmarks import Problem
 from .grading import Extraction, extract_answer, majority_vote
 from .runlog import AppendLog, Record, read_logs

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..engine.params import ParallelParams, SamplingParams
 from ..errors import ConfigError
+from ..params import ParallelParams, SamplingParams
 
 # method name -> engine mode. "sequential-long" is one path with the paper's longer budget.
 # Follow the engine's default summary prefix, whatever it is.

@@ -1,11 +1,12 @@
-"""``parathinker serve``: the OpenAI-compatible server (options from ServeConfig and CacheConfig)."""
+"""``parathinker serve``: the OpenAI-compatible server (options from ServeConfig, CacheConfig and DecodeConfig)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from ..cliutil import add_dataclass_args, dataclass_from_args
+from ..cliutil import add_dataclass_args, add_model_args, dataclass_from_args
+from ..engine.decode.config import DecodeConfig
 from ..engine.kv_cache import CacheConfig
 from .config import ServeConfig
 from .ray_serve import RayConfig, ReplicaArgs, deploy, require_ray
@@ -13,17 +14,16 @@ from .ray_serve import RayConfig, ReplicaArgs, deploy, require_ray
 
 def register(subparsers: Any) -> None:
     """Add the ``serve`` subcommand to the main CLI's subparsers."""
-    from ..cli import _add_model_args
-
     p = subparsers.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API (chat/completions, streaming)",
         description="OpenAI-compatible server for native parallel thinking: the paths are the reasoning, the "
                     "summary is the content. ParaThinker fields (num_paths, termination, mode, ...) go in the "
                     "request body. See docs/serving.md.",
     )
-    _add_model_args(p)
+    add_model_args(p)
     add_dataclass_args(p, ServeConfig)
     add_dataclass_args(p, CacheConfig)
+    add_dataclass_args(p, DecodeConfig)
     add_dataclass_args(p, RayConfig)
     p.set_defaults(func=cmd_serve)
 
@@ -31,20 +31,23 @@ def register(subparsers: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = dataclass_from_args(ServeConfig, args)  # validated before the model loads
     cache = dataclass_from_args(CacheConfig, args)
+    decode = dataclass_from_args(DecodeConfig, args)
     ray_config = dataclass_from_args(RayConfig, args)
     if ray_config.wanted:
-        return _serve_on_ray(args, config, cache, ray_config)
+        return _serve_on_ray(args, config, cache, decode, ray_config)
     from ..engine.llm import LLM
     from .server import serve
 
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, cache=cache, threads=args.threads)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, cache=cache, decode=decode, threads=args.threads)
     if config.served_model_name is None and args.model is not None:
         config.served_model_name = args.model
     serve(llm, config)
     return 0
 
 
-def _serve_on_ray(args: argparse.Namespace, config: ServeConfig, cache: CacheConfig, ray_config: RayConfig) -> int:
+def _serve_on_ray(
+    args: argparse.Namespace, config: ServeConfig, cache: CacheConfig, decode: DecodeConfig, ray_config: RayConfig
+) -> int:
     """``--replicas N`` / ``--ray-address``: the same app in N Ray Serve replicas behind Ray's proxy."""
     import dataclasses
 
@@ -61,6 +64,6 @@ def _serve_on_ray(args: argparse.Namespace, config: ServeConfig, cache: CacheCon
     if args.device.startswith("cuda") and gpus == 0:
         ray_config.gpus_per_replica = 1.0  # a CUDA replica needs a GPU of its own
     replica = ReplicaArgs(str(path), args.device, args.dtype, args.threads, dataclasses.asdict(cache),
-                          dataclasses.asdict(config))
+                          dataclasses.asdict(config), dataclasses.asdict(decode))
     deploy(replica, ray_config, config)
     return 0

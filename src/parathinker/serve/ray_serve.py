@@ -72,6 +72,7 @@ class ReplicaArgs:
     threads: str | None = "auto"
     cache: dict[str, Any] = field(default_factory=dict)  # CacheConfig fields
     serve: dict[str, Any] = field(default_factory=dict)  # ServeConfig fields
+    decode: dict[str, Any] = field(default_factory=dict)  # DecodeConfig fields
 
 
 class ParaThinkerReplica:
@@ -80,11 +81,13 @@ class ParaThinkerReplica:
     def __init__(self, args: dict[str, Any]):
         from ray import serve
 
+        from ..engine.decode.config import DecodeConfig
         from ..engine.kv_cache import CacheConfig
         from ..engine.llm import LLM
 
         a = ReplicaArgs(**args)
-        self.llm = LLM(a.model, device=a.device, dtype=a.dtype, cache=CacheConfig(**a.cache), threads=a.threads)
+        self.llm = LLM(a.model, device=a.device, dtype=a.dtype, cache=CacheConfig(**a.cache),
+                       decode=DecodeConfig(**a.decode), threads=a.threads)
         self.config = ServeConfig(**a.serve)
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
@@ -153,7 +156,7 @@ def build_application(args: ReplicaArgs, ray_config: RayConfig) -> Any:
 def app_builder(args: dict[str, Any]) -> Any:
     """For Ray's ``serve run`` / config files: ``import_path: parathinker.serve.ray_serve:app_builder``.
 
-    ``args``: ReplicaArgs fields (model, device, dtype, threads, cache, serve) and RayConfig's
+    ``args``: ReplicaArgs fields (model, device, dtype, threads, cache, serve, decode) and RayConfig's
     (replicas, gpus_per_replica, cpus_per_replica); a config file's ``deployments`` section
     overrides the deployment's options (num_replicas, autoscaling_config, ...).
     """

@@ -103,7 +103,7 @@ def _data_check(args: argparse.Namespace) -> int:
         print(f"{args.file}: {len(records)} valid examples, paths per example "
               f"min {min(n_paths)} / mean {statistics.mean(n_paths):.2f} / max {max(n_paths)}")
     if tok is not None and records:
-        from ..engine.prompting import PromptStyle
+        from ..prompting import PromptStyle
         from .collate import encode_records, full_length
 
         enc = encode_records(records, tok, PromptStyle.from_checkpoint(args.model))

@@ -92,7 +92,7 @@ def _ids(x: Sequence[int]) -> np.ndarray:
 
 def prompt_ids(tokenizer, record: Record, style=None, raw: bool = False) -> list[int]:  # noqa: ANN001
     """The prompt's token ids, formatted exactly as the engine formats a question (or chat messages)."""
-    from ..engine.prompting import encode_prompt
+    from ..prompting import encode_prompt
 
     prompt = record.prompt if record.prompt is not None else list(record.messages or ())
     return encode_prompt(tokenizer, prompt, style, raw)

@@ -9,7 +9,7 @@ One JSON object per line (blank lines are skipped)::
      "answer": "5"}                         # optional reference answer
 
 ``prompt`` is formatted exactly as at inference (chat template and instruction, see
-``parathinker.engine.prompting``); ``messages`` are used verbatim with the chat template, last
+``parathinker.prompting``); ``messages`` are used verbatim with the chat template, last
 message from the user. Control tokens inside text are errors: the layout adds them. Errors are
 collected for the whole file and reported as ``file:line: what is wrong``.
 """
@@ -26,7 +26,6 @@ from ..errors import DataError
 
 ROLES = ("system", "user", "assistant")
 _CONTROL_RE = re.compile(r"</?think\d+>|</?summary>")
-KNOWN_KEYS = {"id", "prompt", "messages", "paths", "summary", "answer"}
 
 
 @dataclass(frozen=True)

@@ -26,98 +26,27 @@ import multiprocessing
 import os
 import time
 import warnings
-from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine.params import RELEASED_SUMMARY_PREFIX
 from ..errors import ConfigError
 from .data import _CONTROL_RE  # the control tokens `data check` refuses in text
 from .datagen_config import DEFAULT_INSTRUCTION, DataGenConfig  # noqa: F401 - DataGenConfig is this module's API
 from .datagen_log import RawLog
 from .datagen_stats import GenStats
+from .datagen_text import (  # noqa: F401 - path_seed, template_summary: this module's API too
+    collapse_spaces,
+    grade_paths,
+    path_body,
+    path_seed,
+    summary_messages,
+    teacher_messages,
+    template_summary,
+)
 from .problems import Decontaminator, SourceProblem, load_problems
-
-
-# -- pure helpers (also used by the tests) ------------------------------------------------------
-def path_seed(base: int, pid: str, slot: int | str) -> int | None:
-    """The seed sent for slot ``slot`` of problem ``pid`` (None when seeds are off)."""
-    if base < 0:
-        return None
-    return int(hashlib.sha256(f"{base}:{pid}:{slot}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-
-
-def path_body(choice: dict[str, Any], mode: str) -> str:
-    """The training body of one logged choice."""
-    r, c = (choice.get("reasoning") or "").strip(), (choice.get("content") or "").strip()
-    if mode == "reasoning":
-        return r
-    if mode == "content":
-        return c
-    return "\n\n".join(t for t in (r, c) if t)
-
-
-def template_summary(answer: str, grader: str = "math") -> str:
-    """The released summary form: the forced prefix, then the answer boxed (pathfind: the task's spacing)."""
-    a = answer.strip()
-    if grader == "pathfind":
-        from ..tasks.pathfind.teacher import boxed
-
-        return f"{RELEASED_SUMMARY_PREFIX} {boxed(a)}"
-    if len(a) >= 2 and a[0] == a[-1] == "$":
-        a = a.strip("$").strip()
-    return f"{RELEASED_SUMMARY_PREFIX} \\boxed{{{a}}}."
-
-
-def grade_paths(choices: Sequence[tuple[str, str]], gold: str, grader: str = "math",
-                record: dict | None = None) -> list[tuple[str | None, bool]]:
-    """(answer, correct) of each (reasoning, content): the answer text's answer, else a box in the reasoning.
-
-    Math problems: math-verify equivalence with ``gold``; pathfind: the task's verifier over
-    ``record``. Runs in a worker process (math-verify's timeouts need its main thread)."""
-    from ..eval.grading import extract_answer, is_equivalent
-
-    out = []
-    for reasoning, content in choices:
-        ex = extract_answer(content) if content.strip() else None
-        pred = ex.answer if ex is not None else None
-        if pred is None:
-            ex = extract_answer(reasoning)
-            pred = ex.answer if ex.source == "boxed" else None
-        if grader == "pathfind":
-            from ..tasks.pathfind.data import verify_record
-
-            ok = verify_record(dict(record or {}), pred)
-        else:
-            ok = is_equivalent(pred, gold)
-        out.append((pred, ok))
-    return out
-
-
-def teacher_messages(problem: str, instruction: str) -> list[dict[str, str]]:
-    """The chat sent to the teacher for one path."""
-    return [{"role": "user", "content": f"{problem}\n\n{instruction}" if instruction else problem}]
-
-
-SUMMARY_TAIL = 4000  # characters of a path's reasoning shown to the summarizer when it has no answer text
-
-
-def summary_messages(problem: str, bodies: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
-    """The chat asking the teacher to summarize the kept paths (their answer texts; see docs)."""
-    parts = [f"Problem:\n{problem}\n\nBelow are {len(bodies)} independent solution attempts."]
-    for i, (reasoning, content) in enumerate(bodies, 1):
-        shown = content.strip() or reasoning.strip()[-SUMMARY_TAIL:]
-        parts.append(f"### Attempt {i}\n{shown}")
-    parts.append("Compare the attempts: say which reasoning holds and where any attempt goes wrong, then give the "
-                 "final answer. Be concise, and put the final answer within \\boxed{}.")
-    return [{"role": "user", "content": "\n\n".join(parts)}]
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.split())
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -256,12 +185,12 @@ class Generator:
                 reason = "truncated"
             elif not ok and cfg.wrong_paths == "drop":
                 reason = "wrong"
-            elif _norm(body) in seen:
+            elif collapse_spaces(body) in seen:
                 reason = "duplicate"
             if reason:
                 st.drop_path(reason)
                 continue
-            seen.add(_norm(body))
+            seen.add(collapse_spaces(body))
             kept_refs.append(ref)
             bodies.append((c["reasoning"], c["content"]))
             texts.append(body)

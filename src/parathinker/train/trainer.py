@@ -272,8 +272,8 @@ def train(
     """Fine-tune the ParaThinker checkpoint ``model_dir`` on ``data_file``; returns ``output_dir``."""
     import transformers
 
-    from ..engine.prompting import PromptStyle
     from ..model import load_model
+    from ..prompting import PromptStyle
     from ..tokens import ControlTokens
     from .collate import encode_records, sequential_separator
     from .data import load_records

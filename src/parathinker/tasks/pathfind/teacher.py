@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ...answers import last_boxed
-from ...engine.params import RELEASED_SUMMARY_PREFIX
+from ...prompting import RELEASED_SUMMARY_PREFIX
 from .problem import Problem
 
 BOX_OPEN, BOX_CLOSE = "\\boxed{", "}"

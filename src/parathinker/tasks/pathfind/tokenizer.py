@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ...engine.params import RELEASED_SUMMARY_PREFIX
+from ...prompting import RELEASED_SUMMARY_PREFIX
 from ...tokens import control_token_strings
 from .problem import NODE_NAMES
 from .teacher import BOX_CLOSE, BOX_OPEN, DEAD, FOUND, GUESS, MAX_TRIES, try_token
@@ -70,7 +70,7 @@ def build_tokenizer():
 
 
 def prompting_defaults() -> dict:
-    """``parathinker.json`` for a checkpoint of this task (read by ``engine.prompting``).
+    """``parathinker.json`` for a checkpoint of this task (read by ``parathinker.prompting``).
 
     No instruction (its words are not in the vocabulary), the verbatim chat template, the
     released summary prefix (the teacher summaries start with it), sampling at temperature 1

@@ -20,9 +20,11 @@ against the reference backend here).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
+
+from ..plan import DecodeLists
+from .base import write_kv
 
 try:
     import triton
@@ -31,20 +33,6 @@ except ImportError:  # the engine falls back to the reference backend
     triton = None
     tl = None
 
-
-@dataclass
-class DecodeLists:
-    """One class of work lists: L lists, at most P pages and Q query rows each, read in ``splits`` parts."""
-
-    pages: torch.Tensor  # (L, P) int32 page ids (only the first ceil(len / page_size) of a row are read)
-    lens: torch.Tensor  # (L,) int32 tokens per list (0: an unused list, no work)
-    rows: torch.Tensor  # (L, Q) int32 query rows reading the list, padded with -1
-    splits: int
-
-    @property
-    def num_entries(self) -> int:
-        """(list, query slot) pairs: the partial results this class hands to the merge."""
-        return self.rows.shape[0] * self.rows.shape[1]
 
 
 def build_lists(
@@ -181,7 +169,7 @@ def decode_attention(
         )
         parts.append((o_part, lse_part, Qmax))
     if merge_kernel and len(parts) <= 2:
-        from .kernels import merge
+        from ..decode.kernels import merge
 
         return merge(parts, row_entries, G, q.dtype)
     return merge_partials(parts, row_entries, G).to(q.dtype)
@@ -221,3 +209,37 @@ def merge_partials(
     total = (scale[..., None] * num[idx]).sum(1)  # (R, H, D)
     norm = (scale * den[idx]).sum(1)  # (R, H)
     return total / norm.clamp_min(1e-30)[..., None]
+
+
+def triton_available() -> bool:
+    return triton is not None
+
+
+class TritonDecode:
+    """Decode steps (one new token per row) through the Triton kernel over page-table work lists.
+
+    Built from device tensors only (the static buffers of ``graph_runner.DecodeState``), so a
+    forward through it can be captured in a CUDA graph.
+    """
+
+    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, classes: list[DecodeLists], row_entries: torch.Tensor,
+                 page_size: int, merge_kernel: bool = False):
+        self.cache = cache
+        self.slot_mapping = slot_mapping.reshape(-1)  # (B,) int32: padded rows -> slot 0
+        self._slots = None  # the same as long, for index_copy_ (made on first use)
+        self.classes = classes
+        self.row_entries = row_entries
+        self.page_size = page_size
+        self.merge_kernel = merge_kernel  # merge the partials in one Triton launch (else the torch merge)
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self._slots is None:
+            self._slots = self.slot_mapping.long()
+        write_kv(self.cache[layer], self._slots, k, v)
+        return self.attend(layer, q[:, 0])[:, None]  # (B, 1, H, hd)
+
+    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """q (B, H, hd) over the rows' lists, their new K/V already stored -> (B, H, hd)."""
+        kv = self.cache[layer]
+        return decode_attention(q, kv[0], kv[1], self.classes, self.row_entries, self.page_size,
+                                merge_kernel=self.merge_kernel)

@@ -13,8 +13,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError
-from .params import RELEASED_SUMMARY_PREFIX, ParallelParams, SamplingParams, resolve
+from .errors import CheckpointError
+from .params import ParallelParams, SamplingParams, resolve
+
+# the released model's forced summary opening (``ParallelParams.summary_prefix`` defaults to it)
+RELEASED_SUMMARY_PREFIX = (
+    "By analyzing multiple reasoning processes above, I concluded that: The final answer is"
+)
 
 RELEASED_INSTRUCTION = (
     "You FIRST think about the reasoning process as an internal monologue and then summarize the reasoning "

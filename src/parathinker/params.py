@@ -8,12 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from ..errors import ConfigError
-from ..layout import LayoutConfig
-
-RELEASED_SUMMARY_PREFIX = (
-    "By analyzing multiple reasoning processes above, I concluded that: The final answer is"
-)
+from .errors import ConfigError
+from .layout import LayoutConfig
 
 T = TypeVar("T")
 
@@ -64,7 +60,7 @@ def resolve(cls: type[T], user: T | None, checkpoint: Mapping[str, Any] | None =
     values: dict[str, Any] = dict(checkpoint or {})
     unknown = values.keys() - {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     if unknown:
-        from ..errors import CheckpointError
+        from .errors import CheckpointError
 
         raise CheckpointError(f"parathinker.json: unknown {cls.__name__} field(s) {sorted(unknown)}")
     if user is not None:

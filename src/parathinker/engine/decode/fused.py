@@ -14,24 +14,15 @@ GEMMs per layer and the LM head can run over oneDNN-packed weights (``cpu_gemm``
 from __future__ import annotations
 
 import logging
-from typing import Protocol
 
 import torch
 from torch import nn
 
-from ..model import ParaThinkerForCausalLM
+from ...model import ParaThinkerForCausalLM
+from ..attention.base import DecodeAttention
 from .cpu_gemm import Linear, PackedLinear, dense, packing_problem
 
 log = logging.getLogger(__name__)
-
-
-class DecodeAttention(Protocol):
-    cache: torch.Tensor  # (layers, 2, slots, KVH, hd)
-    slot_mapping: torch.Tensor  # (B,) where each row's new k', v' go
-
-    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
-        """q (B, H, hd), the rows' K/V already stored -> (B, H, hd)."""
-        ...
 
 
 def _params(*linears: nn.Linear) -> list[torch.Tensor]:

@@ -27,16 +27,17 @@ same static path without capture.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from itertools import chain
+from typing import Any
 
 import numpy as np
 import torch
 
-from .attention import TritonDecode
-from .block_manager import Run
+from ..attention.triton import TritonDecode
+from ..block_manager import Run
+from ..plan import Caps, Chunk, DecodeLists, Feed, Plan
 from .fused import FusedDecoder
-from .triton_decode import DecodeLists
 
 log = logging.getLogger(__name__)
 
@@ -56,78 +57,21 @@ def bucket_for(n: int) -> int:
     return -(-n // 64) * 64
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
-@dataclass(frozen=True)
-class Caps:
-    """Capacities of one bucket's buffers (see the module docstring)."""
-
-    ls: int  # shared lists (0: none)
-    qs: int  # rows per shared list
-    ps: int  # pages per shared list
-    l1: int  # single lists
-    p1: int  # pages per single list
-    k: int  # entries per row
-
-    def covers(self, other: Caps) -> bool:
-        return all(getattr(self, f.name) >= getattr(other, f.name) for f in fields(self))
-
-    def grown(self, need: Caps, min_pages: int, max_pages: int, max_q: int) -> Caps:
-        """Every field at least what ``need`` asks, rounded up to a power of two (pages: a floor)."""
-
-        def up(old: int, n: int, floor: int = 0) -> int:
-            return old if n <= old else max(_pow2(n), floor, 2 * old)
-
-        return Caps(
-            ls=up(self.ls, need.ls), qs=min(max_q, up(self.qs, need.qs)),
-            ps=min(max_pages, up(self.ps, need.ps, min_pages)), l1=up(self.l1, max(1, need.l1)),
-            p1=min(max_pages, up(self.p1, need.p1, min_pages)), k=up(self.k, need.k),
-        )
-
-
 @dataclass
-class Plan:
-    """One decode step in run terms: what each row writes and which lists it reads."""
+class Buffers:
+    """One bucket's step inputs (see the module docstring), as views of one flat int32 buffer."""
 
-    ids: list[int]
-    positions: list[int]
-    segments: list[int]
-    slots: list[int]
-    shared: list[tuple[Run, list[int]]]  # (run, rows) read by several rows
-    single: list[tuple[Run, int]]  # (run, row)
-
-    @classmethod
-    def from_chunks(cls, chunks, max_rows: int) -> Plan:  # noqa: ANN001 - runner.Chunk (import cycle)
-        """Rows whose first run is a prompt their siblings read too share one list (up to ``max_rows`` rows)."""
-        groups: dict[int, list[int]] = {}
-        for b, c in enumerate(chunks):
-            if c.shared_prefix:
-                groups.setdefault(id(c.reads[0]), []).append(b)
-        shared: list[tuple[Run, list[int]]] = []
-        in_shared = set()
-        for rows in groups.values():
-            if len(rows) > 1:
-                run = chunks[rows[0]].reads[0]
-                shared.extend((run, rows[i : i + max_rows]) for i in range(0, len(rows), max_rows))
-                in_shared.update(rows)
-        single = [(r, b) for b, c in enumerate(chunks) for r in (c.reads[1:] if b in in_shared else c.reads) if r.length]
-        return cls([c.tokens[0] for c in chunks], [c.positions[0] for c in chunks], [c.segments[0] for c in chunks],
-                   [c.new_slots[0] for c in chunks], shared, single)
-
-    def need(self) -> Caps:
-        per_row = [0] * len(self.ids)
-        for _, rows in self.shared:
-            for r in rows:
-                per_row[r] += 1
-        for _, r in self.single:
-            per_row[r] += 1
-        return Caps(
-            ls=len(self.shared), qs=max((len(r) for _, r in self.shared), default=0),
-            ps=max((len(run.pages) for run, _ in self.shared), default=0), l1=len(self.single),
-            p1=max((len(run.pages) for run, _ in self.single), default=0), k=max(per_row, default=0),
-        )
+    ids: Any  # (B, 1) token ids
+    positions: Any  # (B, 1)
+    segments: Any  # (B, 1) segment ids
+    slots: Any  # (B,) where each row's new K/V go
+    shared_pages: Any  # (shared lists, pages) page tables of the lists several rows read
+    shared_lens: Any  # (shared lists,) tokens per list
+    shared_rows: Any  # (shared lists, rows) rows reading each list, -1 padded
+    single_pages: Any  # (single lists, pages)
+    single_lens: Any  # (single lists,)
+    single_rows: Any  # (single lists, 1)
+    row_entries: Any  # (B, entries) which partials each row merges, sentinel padded
 
 
 class DecodeState:
@@ -137,8 +81,10 @@ class DecodeState:
         target = SPLIT_TARGET.get(device.type, SPLIT_TARGET_OTHER)
         self.rows, self.caps, self.device = rows, caps, device
         B, c = rows, caps
-        shapes = dict(ids=(B, 1), pos=(B, 1), seg=(B, 1), slot=(B,), s_pages=(c.ls, c.ps), s_lens=(c.ls,),
-                      s_rows=(c.ls, c.qs), p_pages=(c.l1, c.p1), p_lens=(c.l1,), p_rows=(c.l1, 1), entries=(B, c.k))
+        shapes = dict(ids=(B, 1), positions=(B, 1), segments=(B, 1), slots=(B,),
+                      shared_pages=(c.shared_lists, c.shared_pages), shared_lens=(c.shared_lists,),
+                      shared_rows=(c.shared_lists, c.shared_rows), single_pages=(c.single_lists, c.single_pages),
+                      single_lens=(c.single_lists,), single_rows=(c.single_lists, 1), row_entries=(B, c.row_entries))
         offsets, n = {}, 0
         for name, shape in shapes.items():
             offsets[name] = n
@@ -147,15 +93,17 @@ class DecodeState:
         self.host = torch.zeros(n, dtype=torch.int32, pin_memory=pin)
         self.dev = torch.zeros(n, dtype=torch.int32, device=device)
         self._np = self.host.numpy()
-        self.h = {k: self._np[o : o + int(np.prod(shapes[k]))].reshape(shapes[k]) for k, o in offsets.items()}
-        self.d = {k: self.dev[o : o + int(np.prod(shapes[k]))].view(shapes[k]) for k, o in offsets.items()}
+        # the fields as views of the two flat buffers: numpy on the host (filled per step), tensors on the device
+        self.host_views = Buffers(**{k: self._np[o : o + int(np.prod(shapes[k]))].reshape(shapes[k])
+                                     for k, o in offsets.items()})
+        self.views = Buffers(**{k: self.dev[o : o + int(np.prod(shapes[k]))].view(shapes[k]) for k, o in offsets.items()})
         self.classes = []
-        if c.ls:
-            self.classes.append(DecodeLists(self.d["s_pages"], self.d["s_lens"], self.d["s_rows"],
-                                            _splits(c.ls * kv_heads, target, 32)))
-        self.classes.append(DecodeLists(self.d["p_pages"], self.d["p_lens"], self.d["p_rows"],
-                                        _splits(c.l1 * kv_heads, target, 64)))
-        self.sentinel = c.ls * c.qs + c.l1
+        if c.shared_lists:
+            self.classes.append(DecodeLists(self.views.shared_pages, self.views.shared_lens, self.views.shared_rows,
+                                            _splits(c.shared_lists * kv_heads, target, 32)))
+        self.classes.append(DecodeLists(self.views.single_pages, self.views.single_lens, self.views.single_rows,
+                                        _splits(c.single_lists * kv_heads, target, 64)))
+        self.sentinel = c.shared_lists * c.shared_rows + c.single_lists
         self.graph: torch.cuda.CUDAGraph | None = None
         self.out: torch.Tensor | None = None
         self._copied: torch.cuda.Event | None = None
@@ -164,31 +112,32 @@ class DecodeState:
         """Write the step into the host buffer (rows past the batch padded) and send it in one copy."""
         if self._copied is not None:
             self._copied.synchronize()  # the previous step's copy has left the pinned buffer
-        h, c, R = self.h, self.caps, len(plan.ids)
-        for name, vals in (("ids", plan.ids), ("pos", plan.positions), ("seg", plan.segments), ("slot", plan.slots)):
-            arr = h[name].reshape(-1)
+        h, c, R = self.host_views, self.caps, len(plan.ids)
+        for arr, vals in ((h.ids, plan.ids), (h.positions, plan.positions), (h.segments, plan.segments),
+                          (h.slots, plan.slots)):
+            arr = arr.reshape(-1)
             arr[:R] = vals
             arr[R:] = 0
         per_row: list[list[int]] = [[] for _ in range(R)]
-        h["s_lens"][:] = 0
-        h["s_rows"][:] = -1
+        h.shared_lens[:] = 0
+        h.shared_rows[:] = -1
         for i, (run, rows) in enumerate(plan.shared):
-            h["s_lens"][i] = run.length
-            h["s_rows"][i, : len(rows)] = rows
+            h.shared_lens[i] = run.length
+            h.shared_rows[i, : len(rows)] = rows
             for j, r in enumerate(rows):
-                per_row[r].append(i * c.qs + j)
-        _scatter_pages(h["s_pages"], [run for run, _ in plan.shared])
-        h["p_lens"][:] = 0
-        h["p_rows"][:] = -1
-        base = c.ls * c.qs
+                per_row[r].append(i * c.shared_rows + j)
+        _scatter_pages(h.shared_pages, [run for run, _ in plan.shared])
+        h.single_lens[:] = 0
+        h.single_rows[:] = -1
+        base = c.shared_lists * c.shared_rows
         for i, (_, r) in enumerate(plan.single):
             per_row[r].append(base + i)
         n1 = len(plan.single)
         if n1:
-            h["p_lens"][:n1] = [run.length for run, _ in plan.single]
-            h["p_rows"][:n1, 0] = [r for _, r in plan.single]
-        _scatter_pages(h["p_pages"], [run for run, _ in plan.single])
-        ent = h["entries"]
+            h.single_lens[:n1] = [run.length for run, _ in plan.single]
+            h.single_rows[:n1, 0] = [r for _, r in plan.single]
+        _scatter_pages(h.single_pages, [run for run, _ in plan.single])
+        ent = h.row_entries
         ent[:] = self.sentinel
         for r, es in enumerate(per_row):
             ent[r, : len(es)] = es
@@ -198,7 +147,7 @@ class DecodeState:
             self._copied.record()
 
     def attention(self, cache: torch.Tensor, page_size: int, merge_kernel: bool) -> TritonDecode:
-        return TritonDecode(cache, self.d["slot"], self.classes, self.d["entries"], page_size, merge_kernel)
+        return TritonDecode(cache, self.views.slots, self.classes, self.views.row_entries, page_size, merge_kernel)
 
 
 def _splits(programs: int, target: int, most: int) -> int:
@@ -219,13 +168,18 @@ def _scatter_pages(table: np.ndarray, runs: list[Run]) -> None:
 
 
 class DecodeGraphs:
-    """Decode forwards through per-bucket static buffers; CUDA graphs captured and replayed when enabled."""
+    """Decode steps through per-bucket static buffers and the Triton kernel; CUDA graphs captured and replayed
+    when enabled (a ``backend.DecodeBackend``)."""
+
+    name = "triton"
+    side_by_side_paths = False  # the kernel reads pages through page tables: any layout
 
     def __init__(self, model, cache: torch.Tensor, page_size: int, num_pages: int,  # noqa: ANN001 - the model
                  use_graphs: bool, max_graph_batch: int, fused: FusedDecoder | None = None):
         cfg = model.config
         self.model = model
         self.fused = fused  # the fused decode forward (else the model's modular one)
+        self._head = fused or model  # the LM head of every forward (kept if the fused step is switched off)
         self.cache = cache
         self.page_size = page_size
         self.device = model.device
@@ -242,16 +196,11 @@ class DecodeGraphs:
         self.fused_error: str | None = None  # why the fused step was switched off, if it was
         self._fused_ran = False  # the fused step has run once (its kernels compiled) on this machine
 
-    def set_forward(self, fused: FusedDecoder | None) -> None:
-        """Decode through ``fused`` (None: the modular forward) from now on; captured graphs are dropped."""
-        self.fused = fused
-        for st in self.states.values():
-            if st.graph is not None:
-                st.graph.reset()
-            st.graph, st.out = None, None
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._head.logits(hidden)
 
-    def run(self, chunks, feed=None) -> torch.Tensor:  # noqa: ANN001 - list[runner.Chunk], runner.Feed
-        """Logits (len(chunks), V) of one decode step (valid until the next decode step); ``feed``: see ``runner.Feed``."""
+    def decode(self, chunks: list[Chunk], feed: Feed | None = None) -> torch.Tensor:
+        """Logits (len(chunks), V) of one decode step (valid until the next decode step); ``feed``: see ``plan.Feed``."""
         plan = Plan.from_chunks(chunks, self.max_q)
         n = len(chunks)
         B = bucket_for(n)
@@ -265,7 +214,7 @@ class DecodeGraphs:
             st = self.states[B] = DecodeState(B, caps, self.kv_heads, self.device)
         st.fill(plan)
         if feed is not None:
-            feed.apply(st.d["ids"])
+            feed.apply(st.views.ids)
         if self.use_graphs and self.max_graph_batch >= B:
             if st.graph is None:
                 self._capture(st)
@@ -291,8 +240,8 @@ class DecodeGraphs:
     def _forward_with(self, st: DecodeState, fused: FusedDecoder | None) -> torch.Tensor:
         attn = st.attention(self.cache, self.page_size, merge_kernel=fused is not None)
         if fused is not None:
-            return fused.logits(fused.hidden(st.d["ids"], st.d["pos"], st.d["seg"], attn))
-        hidden = self.model.hidden(st.d["ids"], st.d["pos"], st.d["seg"], attn)  # (B, 1, D)
+            return fused.logits(fused.hidden(st.views.ids, st.views.positions, st.views.segments, attn))
+        hidden = self.model.hidden(st.views.ids, st.views.positions, st.views.segments, attn)  # (B, 1, D)
         return self.model.logits(hidden[:, 0])  # (B, V) float32
 
     def _capture(self, st: DecodeState) -> None:

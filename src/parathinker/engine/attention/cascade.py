@@ -1,175 +1,22 @@
-"""Attention over the paged KV pool.
+"""The torch decode backend (the CPU default): a request's shared prompt read once for all its rows.
 
-Backends share one interface (STYLE: ``prepare`` builds metadata for a step, ``__call__``
-runs one layer). ``PagedReference`` is the oracle: it writes the new k', v' into their slots,
-gathers every key a row may read through its slot list, and runs SDPA with an explicit
-additive mask. Faster backends (shared-prefix / cascade kernels, CUDA graphs) must match it.
+``PagedCascade``: rows grouped by the prompt they share (the grouping rule of ``plan.Plan``), each
+row's private keys apart (read in place through one ``Strided`` view when they lie in side-by-side
+blocks), partials merged by log-sum-exp. ``RunsInPlace``: a lone row (a summary) over long runs that
+lie in place. Both follow ``base.DecodeAttention``: the fused step stores K/V and calls ``attend``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import accumulate, chain
+from itertools import chain
 
 import torch
 
-from ..model.attention import sdpa
-
-
-@dataclass
-class StepMetadata:
-    """Everything one forward needs to know about where K/V live. B rows, T new tokens max, S keys max."""
-
-    slot_mapping: torch.Tensor  # (B, T) long: where each new token's k', v' go (padding -> slot 0, the null page)
-    kv_slots: torch.Tensor  # (B, S) long: the slots each row reads, its new tokens last (padding -> 0)
-    bias: torch.Tensor  # (B, 1, T, S) float additive mask
-
-
-def build_metadata(
-    new_slots: list[list[int]],
-    read_slots: list[list[int]],
-    kinds: list[torch.Tensor | None],
-    device: torch.device,
-) -> StepMetadata:
-    """Rows read ``read_slots[b]`` (context, then their own new tokens, which end the list).
-
-    A new token j of row b sees every context key and the new tokens up to j (causal), or, when
-    ``kinds[b]`` is given (the re-prefill of a packed sequence: per-token kinds of the row's last
-    ``m`` keys, its new tokens last), what ``layout.visibility_rows`` allows among those ``m`` keys.
-    The index lists are built on the host from flat tensors (no per-row tensor: hundreds of rows
-    cost about as much as a few); the (B, 1, T, S) mask is built on ``device``.
-    """
-    from ..layout import visibility_rows
-
-    B = len(new_slots)
-    n_new = torch.tensor([len(s) for s in new_slots])
-    n_read = torch.tensor([len(s) for s in read_slots])
-    T, S = int(n_new.max()), int(n_read.max())
-    slot_mapping = _pad_rows(torch.tensor(list(chain.from_iterable(new_slots)), dtype=torch.long), n_new, T)
-    kv_slots = _pad_rows(torch.tensor(list(chain.from_iterable(read_slots)), dtype=torch.long), n_read, S)
-    ctx = (n_read - n_new)[:, None]  # (B, 1)
-    j = torch.arange(T)[None, :]
-    limit = torch.where(j < n_new[:, None], ctx + j + 1, 1)  # padded queries see key 0 only (no NaN rows)
-    visible = torch.arange(S, device=device)[None, None, :] < limit.to(device)[:, :, None]  # (B, T, S)
-    for b, kd in enumerate(kinds):
-        if kd is not None:
-            n, m, end = int(n_new[b]), len(kd), int(n_read[b])
-            visible[b, :n, end - m : end] = visibility_rows(kd.to(device), m - n, m)
-    bias = torch.zeros(B, 1, T, S, device=device).masked_fill_(~visible[:, None], float("-inf"))
-    return StepMetadata(slot_mapping.to(device), kv_slots.to(device), bias)
-
-
-def _pad_rows(flat: torch.Tensor, lens: torch.Tensor, width: int) -> torch.Tensor:
-    """Rows of lengths ``lens`` laid end to end in ``flat`` -> (B, width), zero padded."""
-    out = torch.zeros(len(lens), width, dtype=flat.dtype)
-    rows = torch.repeat_interleave(torch.arange(len(lens)), lens)
-    starts = torch.cumsum(lens, 0) - lens
-    cols = torch.arange(flat.numel()) - starts[rows]
-    out[rows, cols] = flat
-    return out
-
-
-def write_kv(kv: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """Store the new tokens' k', v' ((..., KVH, hd), one per entry of ``slots``) in a layer's pool ``kv``."""
-    kv[0].index_copy_(0, slots.reshape(-1), k.reshape(-1, *k.shape[-2:]).to(kv.dtype))
-    kv[1].index_copy_(0, slots.reshape(-1), v.reshape(-1, *v.shape[-2:]).to(kv.dtype))
-
-
-class PagedReference:
-    """Write-then-gather attention over the pool ``cache`` ((layers, 2, slots, KVH, hd))."""
-
-    def __init__(self, cache: torch.Tensor, meta: StepMetadata):
-        self.cache = cache
-        self.meta = meta
-
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        kv = self.cache[layer]  # (2, slots, KVH, hd)
-        write_kv(kv, self.meta.slot_mapping, k, v)
-        keys = kv[0][self.meta.kv_slots]  # (B, S, KVH, hd)
-        values = kv[1][self.meta.kv_slots]
-        return sdpa(q, keys, values, self.meta.bias)
-
-
-class PagedCausal:
-    """One chunk of new tokens over its keys (context, then themselves), causally: no [T, S] mask.
-
-    Writes k', v' into their slots, then SDPA in a causal mode: bottom-right aligned over the keys
-    read from the pool through ``read_slots`` (1, S) (``torch.nn.attention.bias.causal_lower_right``),
-    or plain causal over the k', v' just computed when the chunk reads nothing else (a prompt).
-    Every multi-token chunk of the engine is of this form: a prompt, forced tokens after a context,
-    and each segment of a re-prefill once its keys are cut to those its kind sees (``layout.sees``).
-    """
-
-    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, read_slots: torch.Tensor | None):
-        self.cache = cache
-        self.slot_mapping = slot_mapping  # (1, T) long
-        self.read_slots = read_slots  # (1, S) long, the new tokens last; None: only the new tokens
-
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        kv = self.cache[layer]
-        write_kv(kv, self.slot_mapping, k, v)
-        if self.read_slots is None:
-            return sdpa(q, k.to(kv.dtype), v.to(kv.dtype), None, causal=True)
-        return sdpa(q, kv[0][self.read_slots], kv[1][self.read_slots], None, causal=True)
-
-
-class PackedPrompts:
-    """Several prompts packed end to end in one row (one weight pass): each attends causally to itself only.
-
-    Writes every token's k', v' into its slot, then runs SDPA's causal mode per prompt over the
-    k', v' just computed (no mask tensor, nothing read from the pool).
-    """
-
-    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, lens: list[int]):
-        self.cache = cache
-        self.slot_mapping = slot_mapping  # (1, sum(lens)) long
-        ends = list(accumulate(lens))
-        self.bounds = [(e - n, e) for e, n in zip(ends, lens)]  # [start, end) of each prompt
-
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        kv = self.cache[layer]
-        write_kv(kv, self.slot_mapping, k, v)
-        k, v = k.to(kv.dtype), v.to(kv.dtype)
-        return torch.cat([sdpa(q[:, a:b], k[:, a:b], v[:, a:b], None, causal=True) for a, b in self.bounds], dim=1)
-
-
-def triton_available() -> bool:
-    from . import triton_decode
-
-    return triton_decode.triton is not None
-
-
-class TritonDecode:
-    """Decode steps (one new token per row) through the Triton kernel over page-table work lists.
-
-    Built from device tensors only (the static buffers of ``graph_runner.DecodeState``), so a
-    forward through it can be captured in a CUDA graph.
-    """
-
-    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, classes: list, row_entries: torch.Tensor,
-                 page_size: int, merge_kernel: bool = False):
-        self.cache = cache
-        self.slot_mapping = slot_mapping.reshape(-1)  # (B,) int32: padded rows -> slot 0
-        self._slots = None  # the same as long, for index_copy_ (made on first use)
-        self.classes = classes  # list[triton_decode.DecodeLists]
-        self.row_entries = row_entries
-        self.page_size = page_size
-        self.merge_kernel = merge_kernel  # merge the partials in one Triton launch (else the torch merge)
-
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if self._slots is None:
-            self._slots = self.slot_mapping.long()
-        write_kv(self.cache[layer], self._slots, k, v)
-        return self.attend(layer, q[:, 0])[:, None]  # (B, 1, H, hd)
-
-    def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
-        """q (B, H, hd) over the rows' lists, their new K/V already stored -> (B, H, hd)."""
-        from .triton_decode import decode_attention
-
-        kv = self.cache[layer]
-        return decode_attention(q, kv[0], kv[1], self.classes, self.row_entries, self.page_size,
-                                merge_kernel=self.merge_kernel)
-
+from ...model.attention import sdpa
+from ..block_manager import Run
+from ..plan import Chunk, Plan
+from .base import write_kv
 
 # A request's rows read their shared prompt as a group when that saves at least CASCADE_MIN_GROUP_KEYS key
 # reads ((rows - 1) x prompt length), and only if the step's groups save CASCADE_MIN_SAVED_KEYS together: the
@@ -259,7 +106,7 @@ class RunsInPlace(_WriteThenAttend):
         return ((torch.cat(outs) * w).sum(0) / w.sum(0)).to(q.dtype).reshape(1, H, D)
 
 
-def _in_place_parts(reads: list, num_slots: int) -> list[tuple[Strided, int, torch.Tensor | None]] | None:  # noqa: ANN001
+def _in_place_parts(reads: list[Run], num_slots: int) -> list[tuple[Strided, int, torch.Tensor | None]] | None:
     """A lone row's reads as parts read in place, (stretches, how many, valid keys or None): [prompt,
     side-by-side paths, own], each run consecutive, the paths evenly spaced, at least ``IN_PLACE_MIN_KEYS``
     keys together; None otherwise."""
@@ -315,9 +162,7 @@ class PagedCascade(_WriteThenAttend):
         self.shared = cache[:, :, g_keys].transpose(2, 3)[:, :, None] if isinstance(g_keys, slice) else None
 
     @classmethod
-    def for_chunks(cls, cache: torch.Tensor, chunks, device: torch.device) -> PagedCascade | RunsInPlace:  # noqa: ANN001
-        from .graph_runner import Plan  # the grouping rule the Triton path uses (import here: no cycle)
-
+    def for_chunks(cls, cache: torch.Tensor, chunks: list[Chunk], device: torch.device) -> PagedCascade | RunsInPlace:
         if len(chunks) == 1:  # a lone row (a summary): its reads in place where they lie so and are long
             parts = _in_place_parts(chunks[0].reads, cache.shape[2])
             if parts is not None:

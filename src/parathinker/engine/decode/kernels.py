@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .attention import write_kv
+from ..attention.base import write_kv
 
 try:
     import triton
@@ -239,7 +239,7 @@ def silu_mul(gate_up: torch.Tensor, use_triton: bool) -> torch.Tensor:
 
 def merge(parts: list[tuple[torch.Tensor, torch.Tensor, int]], row_entries: torch.Tensor, G: int,
           dtype: torch.dtype) -> torch.Tensor:
-    """``triton_decode.merge_partials`` in one launch (one or two classes: shared lists, then single lists)."""
+    """``attention.triton.merge_partials`` in one launch (one or two classes: shared lists, then single lists)."""
     if len(parts) not in (1, 2):
         raise ValueError(f"merge takes one or two classes of partials, got {len(parts)}")
     (o0, l0, q0), (o1, l1, q1) = parts if len(parts) == 2 else ((parts[0][0], parts[0][1], 1), parts[0])
