@@ -131,7 +131,7 @@ def test_cascade_reads_side_by_side_blocks_in_place(pool_end, grouping):
     q, k, v = torch.randn(B, 1, 4, 8, generator=g), torch.randn(B, 1, 2, 8, generator=g), torch.randn(B, 1, 2, 8, generator=g)
     att = PagedCascade.for_chunks(cache.clone(), chunks, torch.device("cpu"))
     if grouping == "grouped":  # else the short prompt is read per row, in the private part: gathered
-        assert (att.own is None) == pool_end
+        assert (not att.in_place) == pool_end
     got = att(0, q, k, v)
     want = _reference(cache, chunks, [prompt.slot_list + o.slot_list for o in own], 0, q, k, v)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -209,7 +209,7 @@ def test_engine_lays_paths_side_by_side_on_the_cpu(tiny_llama, mode, monkeypatch
     def spy(cls, cache, chunks, device):  # noqa: ANN001, ANN202
         att = make(cls, cache, chunks, device)
         if len(chunks) > 1:
-            strided.append(att.own is not None)
+            strided.append(att.in_place)
         return att
 
     monkeypatch.setattr(PagedCascade, "for_chunks", classmethod(spy))
