@@ -136,7 +136,7 @@ def test_prompts_prefilled_together_equal_one_by_one(tiny_qwen2, monkeypatch):
     llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
     packs = []
     real = runner_mod.PackedPrompts
-    monkeypatch.setattr(runner_mod, "PackedPrompts", lambda cache, slots, lens: packs.append(lens) or real(cache, slots, lens))
+    monkeypatch.setattr(runner_mod, "PackedPrompts", lambda cache, slots, lens, *a: packs.append(lens) or real(cache, slots, lens, *a))
     together = llm.generate(prompts, pp, sp)
     assert packs and packs[0] == [3, 17, 9, 30, 1]  # all five in one forward
     monkeypatch.setattr(runner_mod, "MAX_PREFILL_TOKENS", 1)  # each prompt alone

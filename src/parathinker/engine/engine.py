@@ -27,7 +27,7 @@ from .kv_cache import CacheConfig
 from .outputs import RequestDelta, build_output, join_summary
 from .runner import ModelRunner
 from .scheduler import Scheduler
-from .sequence import Request, RequestSpec
+from .sequence import Request, RequestSpec, Seq
 
 
 class Engine:
@@ -117,8 +117,12 @@ class Engine:
         admitted: list[Request] = []
         try:
             admitted = sched.admit()  # schedule
-            if admitted:  # run: their prompts are prefilled together
-                self._prefill(admitted)
+            # run: their prompts and the running sequences' multi-token chunks (a summary's forced opening)
+            # in one packed forward, before the step's one-token rows
+            many = [] if self.overlap else [s for r in sched.running for s in sched.live(r)
+                                            if len(s.pending) > 1 and s.kinds is None]
+            if admitted or many:
+                self._prefill(admitted, many)
                 sched.running.extend(admitted)
                 admitted = []
             if sched.running:
@@ -274,15 +278,20 @@ class Engine:
                 deltas[last].finished, deltas[last].output = True, out
         return deltas
 
-    def _prefill(self, reqs: list[Request]) -> None:
-        """Prefill the prompts of newly admitted requests (batched: ``runner.prefill``), then start their paths."""
-        logits = self.runner.prefill(self.scheduler.prompt_chunks(reqs))  # (len(reqs), V)
+    def _prefill(self, reqs: list[Request], many: list[Seq]) -> None:
+        """Prefill the prompts of newly admitted requests and run the multi-token chunks of ``many`` (causal,
+        after a context) in packed forwards (``runner.prefill``); start the requests' paths, draw the chunks'
+        next tokens. Each packed chunk computes what it would alone (tested)."""
+        chunks = self.scheduler.prompt_chunks(reqs) + [self.scheduler.chunk(s) for s in many]
+        logits = self.runner.prefill(chunks)  # (len(reqs) + len(many), V)
         for k, req in enumerate(reqs):
             req.stats["prefill_tokens"] += req.prompt_len
             req.mark("prefill")
             first = self.scheduler.start_paths(req)  # samples draw their first token from the prompt's logits
             if first:
                 self.draws.consume(first, logits[k : k + 1].expand(len(first), -1))
+        if many:
+            self.draws.consume(many, logits[len(reqs) :])
 
     def _decode_step(self, active: list[Request]) -> None:
         """One forward over every sequence with a single pending token (plus one per multi-token chunk),
