@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -136,22 +137,26 @@ def _engine_baseline(levels: list[int], work: list[tuple[str, int]], args: argpa
     dp, ds = llm.default_params()
     pp = replace(dp, num_paths=args.paths)
 
+    # as the server asks the engine (an older engine, measured for a before/after, always streams the paths)
+    kw = {"stream_paths": args.stream_paths} if "stream_paths" in inspect.signature(llm.add_request).parameters else {}
+
     def closed(c: int, items: list[tuple[str, int]]) -> dict[str, float]:
         t0, sent, done, inflight = time.perf_counter(), 0, 0, 0
         steps, step_s, rows = 0, 0.0, 0
         while done < len(items):
             while inflight < c and sent < len(items):
                 problem, seed = items[sent]
-                llm.add_request([{"role": "user", "content": problem}], pp, replace(ds, seed=seed))
+                llm.add_request([{"role": "user", "content": problem}], pp, replace(ds, seed=seed), **kw)
                 sent, inflight = sent + 1, inflight + 1
             t = time.perf_counter()
             deltas = llm.engine.step()
             step_s += time.perf_counter() - t
             steps += 1
-            rows += len({(d.request_id, d.part, d.index) for d in deltas})  # sequences that made a token
             for d in deltas:
                 if d.finished:
                     done, inflight = done + 1, inflight - 1
+                    st = d.output.stats  # rows: tokens run through the model after the prompt (paths, summary)
+                    rows += int(st["path_tokens"] + st["summary_tokens"] + st["reprefill_tokens"])
         return {"requests_per_s": len(items) / (time.perf_counter() - t0), "steps": steps,
                 "mean_step_ms": 1000 * step_s / steps, "mean_rows_per_step": rows / steps,
                 "us_per_row": 1e6 * step_s / max(rows, 1)}

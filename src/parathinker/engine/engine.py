@@ -92,16 +92,20 @@ class Engine:
         return self.draws.discarded_steps
 
     # ---------------------------------------------------------------- the step API
-    def add_request(self, spec: RequestSpec, prompt: str = "", *, stream: bool = True) -> int:
+    def add_request(self, spec: RequestSpec, prompt: str = "", *, stream: bool = True, stream_paths: bool = True) -> int:
         """Check a request at once (typed one-line errors) and queue it; return its id.
 
         It is admitted (pages reserved, prompt prefilled) at the first ``step`` where its
         worst-case pages fit; requests that do not fit yet wait in order. ``prompt`` is the text
         its ``RequestOutput`` carries. ``stream``: ``step`` reports its tokens as ``RequestDelta``s
-        (off for callers that read the finished requests themselves, like ``run``). Thread-safe.
+        (off for callers that read the finished requests themselves, like ``run``). ``stream_paths``
+        off: a path's (a majority vote's sample's) deltas come twice, at its first token (no text yet) and
+        when it ends (every other token, its whole text), not once per step: for a caller that shows the
+        paths only once they are done (a server without ``stream_paths``), no per-token detokenizing.
+        Thread-safe.
         """
         need = self.check(spec)
-        return self._enqueue(spec, prompt, need, stream).id
+        return self._enqueue(spec, prompt, need, stream, stream_paths).id
 
     def step(self) -> list[RequestDelta]:
         """One scheduling round: take queued requests and aborts, admit and prefill what fits, one
@@ -200,11 +204,11 @@ class Engine:
         return reqs
 
     # ---------------------------------------------------------------- queue, aborts, deltas
-    def _enqueue(self, spec: RequestSpec, prompt: str, need: int, stream: bool) -> Request:
+    def _enqueue(self, spec: RequestSpec, prompt: str, need: int, stream: bool, stream_paths: bool = True) -> Request:
         g = torch.Generator(device=self.runner.device)  # draws happen where the logits are
         g.manual_seed(spec.sampling.seed if spec.sampling.seed is not None else torch.seed())
         with self._lock:
-            req = Request(self._next_id, spec, g, prompt=prompt, stream=stream, need=need)
+            req = Request(self._next_id, spec, g, prompt=prompt, stream=stream, need=need, stream_paths=stream_paths)
             self._next_id += 1
             self._requests[req.id] = req
             self._inbox.append(req)
@@ -238,15 +242,20 @@ class Engine:
     def _deltas(self, req: Request) -> list[RequestDelta]:
         """New tokens and finishes of each of a request's sequences since the last step."""
         out = []
+        # unstreamed paths (``stream_paths`` off): their first token at once, then nothing until they end
+        quiet = not req.stream_paths and req.pp.mode != "sequential"
         for s in [*req.seqs, *([req.summary] if req.summary is not None else [])]:
             new = s.body[s.sent :]
             done = s.finished and not s.sent_finish
             if not new and not done:
                 continue
+            coalesced = quiet and s is not req.summary
+            if coalesced and s.sent and not done:
+                continue
             if s.detok is None:
                 lead = (req.pp.summary_prefix or "") if s is req.summary else ""
                 s.detok = IncrementalDetokenizer(self._decode, lead)
-            text = s.detok.push(new) if new else ""
+            text = s.detok.push(new) if new and not coalesced else ""
             s.sent = len(s.body)
             if done:
                 s.sent_finish = True
