@@ -283,7 +283,7 @@ def check_pages(eng) -> None:  # noqa: ANN001
             if run is not None:
                 runs[id(run)] = run
     owned = [p for run in runs.values() for p in run.pages]
-    free = eng.pool._free
+    free = eng.pool.free_pages()
     assert len(owned) == len(set(owned)), "a page in two runs"
     assert not set(owned) & set(free), "a page both free and owned"
     assert len(free) == len(set(free))

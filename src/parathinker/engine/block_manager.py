@@ -147,13 +147,18 @@ class PagePool:
     def extend(self, run: Run, n: int, request_id: int) -> list[int]:
         """Append ``n`` tokens to ``run`` (allocating pages from the request's reservation); return their slots."""
         start = run.length
+        ps = run.page_size
+        if n == 1 and start < len(run.pages) * ps:  # a decode step's token in a page the run has (the common case)
+            slot = run.pages[start // ps] * ps + start % ps
+            run.slot_list.append(slot)
+            run.length = start + 1
+            return [slot]
         while run.capacity < start + n:
             left = self._reserved.get(request_id, 0)
             if left <= 0 or not self._num_free:
                 raise OutOfPagesError(f"request {request_id} exceeded its reserved KV pages (a budget bug)")
             self._reserved[request_id] = left - 1
             run.pages.append(self._pop())
-        ps = run.page_size
         new = [run.pages[i // ps] * ps + i % ps for i in range(start, start + n)]
         run.slot_list.extend(new)
         run.length = start + n
