@@ -11,13 +11,16 @@ level does exactly the same work and the ratios compare like with like (the JSON
 identical completion-token totals and answers). The client runs in this process, the server in
 its own (spawned unless --url), so the client's parsing does not share the server's interpreter.
 TTFT: time to the first content (summary) piece, what a user waits for; with --stream-paths the
-first path piece comes sooner. Latency: request sent -> [DONE].
+first path piece comes sooner. Latency: request sent -> [DONE]. On a shared machine the load
+shifts between levels: ``--repeats`` runs the levels in turn (1, 8, 32, 64, 1, 8, ...) and each
+level reports its median run (every run's requests/s in the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -136,28 +139,45 @@ def _engine_baseline(levels: list[int], work: list[tuple[str, int]], args: argpa
     dp, ds = llm.default_params()
     pp = replace(dp, num_paths=args.paths)
 
+    # as the server asks the engine (an older engine, measured for a before/after, always streams the paths)
+    kw = {"stream_paths": args.stream_paths} if "stream_paths" in inspect.signature(llm.add_request).parameters else {}
+
     def closed(c: int, items: list[tuple[str, int]]) -> dict[str, float]:
         t0, sent, done, inflight = time.perf_counter(), 0, 0, 0
         steps, step_s, rows = 0, 0.0, 0
         while done < len(items):
             while inflight < c and sent < len(items):
                 problem, seed = items[sent]
-                llm.add_request([{"role": "user", "content": problem}], pp, replace(ds, seed=seed))
+                llm.add_request([{"role": "user", "content": problem}], pp, replace(ds, seed=seed), **kw)
                 sent, inflight = sent + 1, inflight + 1
             t = time.perf_counter()
             deltas = llm.engine.step()
             step_s += time.perf_counter() - t
             steps += 1
-            rows += len({(d.request_id, d.part, d.index) for d in deltas})  # sequences that made a token
             for d in deltas:
                 if d.finished:
                     done, inflight = done + 1, inflight - 1
+                    st = d.output.stats  # rows: tokens run through the model after the prompt (paths, summary)
+                    rows += int(st["path_tokens"] + st["summary_tokens"] + st["reprefill_tokens"])
         return {"requests_per_s": len(items) / (time.perf_counter() - t0), "steps": steps,
                 "mean_step_ms": 1000 * step_s / steps, "mean_rows_per_step": rows / steps,
                 "us_per_row": 1e6 * step_s / max(rows, 1)}
 
     closed(2, work[: args.warmup])
-    return {str(c): closed(c, work) for c in levels}
+    runs: dict[int, list[dict[str, float]]] = {c: [] for c in levels}
+    for _ in range(args.repeats):  # the levels in turn, so a shift in the machine's load reaches every level
+        for c in levels:
+            runs[c].append(closed(c, work))
+    out = {}
+    for c in levels:
+        med = _median_run(runs[c])
+        out[str(c)] = {**med, "requests_per_s_runs": [r["requests_per_s"] for r in runs[c]]}
+    return out
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median requests/s (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda r: r["requests_per_s"])[(len(runs) - 1) // 2]
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
@@ -209,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream-paths", action="store_true", help="stream the paths' pieces too")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=4, help="requests before the measured levels")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="run the levels in turn this many times and report each level's median run (a shared, "
+                         "noisy machine: a load shift then reaches every level, not just one)")
     ap.add_argument("--out", required=True, help="folder for serve_load.json and serve_load.png")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",")]
@@ -236,10 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:
             model = args.served_model or json.loads(r.read())["data"][0]["id"]
         asyncio.run(_level(url, model, 2, work[: args.warmup], args))
-        results = []
-        for c in levels:
+        every: list[dict[str, Any]] = []
+        for c in [c for _ in range(args.repeats) for c in levels]:  # levels in turn, --repeats times
             r = asyncio.run(_level(url, model, c, work, args))
-            results.append(r)
+            every.append(r)
             print(f"C={c:3d}: {r['requests_per_s']:.2f} req/s  {r['tokens_per_s']:.0f} tok/s  "
                   f"ttft p50 {r['ttft_s']['p50']:.2f}s p99 {r['ttft_s']['p99']:.2f}s  "
                   f"latency p50 {r['latency_s']['p50']:.2f}s p99 {r['latency_s']['p99']:.2f}s  errors {r['errors']}",
@@ -253,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 rc = "killed"
+    results = []
+    for c in levels:
+        mine = [r for r in every if r["concurrency"] == c]
+        results.append({**_median_run(mine), "requests_per_s_runs": [r["requests_per_s"] for r in mine]})
     engine = None if args.no_engine_baseline or args.url else _engine_baseline(levels, work, args)
     base = results[0]["requests_per_s"]
     for r in results:
@@ -261,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "model": args.model or "bundled", "paths": args.paths, "requests_per_level": args.requests,
         "threads": args.threads, "stream_paths": args.stream_paths, "cpu_count": os.cpu_count(),
+        "repeats": args.repeats,
         "same_work_every_level": all(r["completion_tokens"] == ref["completion_tokens"] and r["answers"] == ref["answers"]
-                                     for r in results),
+                                     for r in every),
         "accuracy": sum(q.check(a) for q, a in zip(problems, ref["answers"])) / len(problems),
         "server_exit_code_after_sigterm": rc,
         "server_args": args.server_args,
@@ -275,9 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         e = ""
         if engine:
             x, x1 = engine[str(r["concurrency"])], engine[str(levels[0])]
-            e = (f"; engine alone {x['requests_per_s']:.2f} req/s, {x['requests_per_s'] / x1['requests_per_s']:.2f}x, "
+            e = (f"; engine alone {x['requests_per_s']:.2f} req/s (of {' '.join(f'{v:.2f}' for v in x['requests_per_s_runs'])}), "
+                 f"{x['requests_per_s'] / x1['requests_per_s']:.2f}x, "
                  f"{x['mean_step_ms']:.1f} ms/step over {x['mean_rows_per_step']:.0f} rows = {x['us_per_row']:.0f} us/row")
-        print(f"C={r['concurrency']:3d}: {r['ratio_vs_c1']:.2f}x one-at-a-time{e}")
+        runs = " ".join(f"{x:.2f}" for x in r["requests_per_s_runs"])
+        print(f"C={r['concurrency']:3d}: {r['ratio_vs_c1']:.2f}x one-at-a-time (median of {runs} req/s){e}")
     print(f"same work at every level: {report['same_work_every_level']}; accuracy {report['accuracy']:.2f}; "
           f"server exit code after SIGTERM: {rc}; wrote {out / 'serve_load.json'} and .png")
     return 0

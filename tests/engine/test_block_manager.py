@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from parathinker.engine.block_manager import NULL_PAGE, PagePool
+from parathinker.engine.block_manager import NULL_PAGE, PagePool, Run
 from parathinker.errors import OutOfPagesError
 
 
@@ -82,6 +84,56 @@ def test_take_block_hands_out_consecutive_pages_from_the_reservation():
     run = pool.new_run(block[:2])
     assert pool.extend(run, 6, 0) == [16, 17, 18, 19, 20, 21] and run.pages == [4, 5]
     pool.release(run)
-    assert sorted(pool._free) == [2, 4, 5, 9, 10, 11] and pool.num_unreserved == 6 - 1
+    assert pool.free_pages() == [2, 4, 5, 9, 10, 11] and pool.num_unreserved == 6 - 1
     pool.admit(1, 3)
     assert pool.take_block(3, 1) == [9, 10, 11] and pool.take_block(1, 1) is None
+
+
+def test_pages_handed_out_as_a_sorted_free_list_would():
+    """Random admissions, blocks, extensions and releases: every page handed out is the one a plain free list
+    gives (a stack, and a block found by sorting the whole list, what the pool did before it kept flags),
+    and the pool's counts agree, whatever stale entries the blocks left behind."""
+    rng = random.Random(11)
+    pool = PagePool(300, 4)
+    free = list(range(299, 0, -1))  # the plain model: pop() hands out low ids first
+
+    def block(n: int) -> list[int] | None:
+        start, count, prev = -1, 0, -2
+        for p in sorted(free):
+            start, count = (start, count + 1) if p == prev + 1 else (p, 1)
+            prev = p
+            if count == n:
+                free[:] = [q for q in free if not start <= q < start + n]
+                return list(range(start, start + n))
+        return None
+
+    compactions = []
+    real = pool._compact
+    pool._compact = lambda: compactions.append(len(pool._free)) or real()
+    pool.admit(0, 299)
+    runs: list[Run] = []
+    for _ in range(3000):
+        op = rng.random()
+        if op < 0.3 and pool.num_free:
+            n = rng.randrange(1, 9)
+            want = block(n) if n <= pool.num_free else None
+            got = pool.take_block(n, 0)
+            assert got == want
+            if got:
+                runs.append(pool.new_run(got))
+                pool.extend(runs[-1], rng.randrange(1, 4 * n + 1), 0)
+        elif op < 0.6 and pool.num_free:
+            r = pool.new_run()
+            k = rng.randrange(1, min(pool.num_free, 6) + 1)
+            want = [free.pop() for _ in range(k)]
+            pool.extend(r, 4 * k, 0)
+            assert r.pages == want
+            runs.append(r)
+        elif runs:
+            r = runs.pop(rng.randrange(len(runs)))
+            free.extend(reversed(r.pages))
+            pool.release(r)
+        pool.finish(0)
+        pool.admit(0, pool.num_free)
+        assert pool.num_free == len(free) and pool.free_pages() == sorted(free)
+    assert compactions  # stale entries were dropped along the way

@@ -131,7 +131,7 @@ def test_cascade_reads_side_by_side_blocks_in_place(pool_end, grouping):
     q, k, v = torch.randn(B, 1, 4, 8, generator=g), torch.randn(B, 1, 2, 8, generator=g), torch.randn(B, 1, 2, 8, generator=g)
     att = PagedCascade.for_chunks(cache.clone(), chunks, torch.device("cpu"))
     if grouping == "grouped":  # else the short prompt is read per row, in the private part: gathered
-        assert (att.own is None) == pool_end
+        assert (not att.in_place) == pool_end
     got = att(0, q, k, v)
     want = _reference(cache, chunks, [prompt.slot_list + o.slot_list for o in own], 0, q, k, v)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -209,7 +209,7 @@ def test_engine_lays_paths_side_by_side_on_the_cpu(tiny_llama, mode, monkeypatch
     def spy(cls, cache, chunks, device):  # noqa: ANN001, ANN202
         att = make(cls, cache, chunks, device)
         if len(chunks) > 1:
-            strided.append(att.own is not None)
+            strided.append(att.in_place)
         return att
 
     monkeypatch.setattr(PagedCascade, "for_chunks", classmethod(spy))
@@ -298,3 +298,93 @@ def test_cascade_partials_flash_kernel_and_einsum_fallback_agree(grouping, monke
         att = PagedCascade.for_chunks(cache.clone(), chunks, torch.device("cpu"))
         assert att.groups is not None and att.groups[2].shape[0] == (2 if grouping == "grouped" else 1)
         torch.testing.assert_close(att(0, q, k, v), want, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_split_into_buckets_of_similar_length():
+    """``split_by_length``: a partition of the rows, each bucket ascending; long rows apart from short ones
+    once that saves enough padded key reads; one bucket of every row when no split pays."""
+    from parathinker.engine.attention.private import split_by_length
+
+    lengths = [3, 300, 2, 5, 290, 4]
+    assert split_by_length(lengths, min_saved=10**9) == [list(range(6))]
+    buckets = split_by_length(lengths, min_saved=100)
+    assert sorted(b for bucket in buckets for b in bucket) == list(range(6))
+    assert all(bucket == sorted(bucket) for bucket in buckets)
+    assert [1, 4] in buckets  # the two long rows together, the short ones no longer padded to 300
+    assert all(len(bucket) == 1 for bucket in split_by_length(lengths, min_saved=0))  # every split "pays"
+
+
+def _many_requests_step(seed: int):  # noqa: ANN202
+    """One decode step of three requests (path rows of 1..9 own keys over prompts of 40, 5 and 23 keys, each
+    request's summary over its prompt and paths), rows interleaved, in pages recycled in a shuffled order."""
+    import torch
+
+    from parathinker.engine.block_manager import PagePool
+    from parathinker.engine.plan import Chunk
+
+    rng = random.Random(seed)
+    pool = PagePool(200, 4)
+    pool.admit(0, 199)
+    junk = [pool.new_run() for _ in range(40)]
+    for r in junk:
+        pool.extend(r, rng.randrange(1, 12), 0)
+    rng.shuffle(junk)
+    for r in junk[:30]:  # free pages go back in a shuffled order: the runs below land scattered
+        pool.release(r)
+    chunks, reads = [], []
+    for L, P in ((40, 4), (5, 3), (23, 2)):
+        prompt = pool.new_run()
+        pool.extend(prompt, L, 0)
+        paths = []
+        for _ in range(P):
+            own = pool.new_run()
+            slots = pool.extend(own, rng.randrange(1, 10), 0)
+            chunks.append(Chunk([5], [L], [0], slots[-1:], [prompt, own], shared_prefix=True))
+            reads.append(prompt.slot_list + own.slot_list)
+            paths.append(own)
+        own = pool.new_run()
+        slots = pool.extend(own, 2, 0)
+        chunks.append(Chunk([5], [L + 9], [0], slots[-1:], [prompt, *paths, own]))
+        reads.append([s for r in chunks[-1].reads for s in r.slot_list])
+    order = list(range(len(chunks)))
+    rng.shuffle(order)
+    g = torch.Generator().manual_seed(seed)
+    cache = torch.randn(2, 2, 200 * 4, 2, 8, generator=g)
+    B = len(chunks)
+    qkv = [torch.randn(B, 1, n, 8, generator=g) for n in (4, 2, 2)]
+    return cache, [chunks[i] for i in order], [reads[i] for i in order], qkv
+
+
+@pytest.mark.parametrize("limit", [0, 64, None])
+@pytest.mark.parametrize("flash", [True, False])
+def test_many_requests_in_one_step_equal_reference(limit, flash, grouping, monkeypatch):
+    """Rows of many requests in one step, read in buckets of similar length (``BUCKET_MIN_SAVED_KEYS`` 0: every
+    row its own bucket; 64: a few; the default), scattered in recycled pages: what the reference reads, with
+    SDPA's CPU flash kernel and with the einsum fallback."""
+    import torch
+
+    from parathinker.engine.attention import cascade as attention
+    from parathinker.engine.attention import private
+
+    if limit is not None:
+        monkeypatch.setattr(private, "BUCKET_MIN_SAVED_KEYS", limit)
+    if not flash:
+        monkeypatch.setattr(attention, "_FLASH_CPU", None)
+    cache, chunks, reads, (q, k, v) = _many_requests_step(5)
+    att = PagedCascade.for_chunks(cache.clone(), chunks, torch.device("cpu"))
+    if limit is not None:
+        assert len(att.parts) > 1
+    torch.testing.assert_close(att(1, q, k, v), _reference(cache, chunks, reads, 1, q, k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_page_churn_with_rows_in_buckets_equals_reference(tiny_qwen2, monkeypatch):
+    """The page-churn generation (many requests of every mode through a small pool) with every row of a step
+    in its own bucket: the reference's tokens."""
+    from parathinker.engine.attention import private
+
+    monkeypatch.setattr(private, "BUCKET_MIN_SAVED_KEYS", 0)
+    seen = []
+    real = private.split_by_length
+    monkeypatch.setattr(private, "split_by_length", lambda lengths: seen.append(len(lengths)) or real(lengths))
+    churn_equals_reference(tiny_qwen2, "cascade", "cpu")
+    assert max(seen) > 1

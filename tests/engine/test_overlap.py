@@ -62,9 +62,10 @@ def test_overlap_with_requests_admitted_midrun_mixed(tiny_qwen2):
     admitted = []
     orig = eng._prefill
 
-    def spy(reqs):  # noqa: ANN001, ANN202
-        admitted.append((len(reqs), eng.draws.inflight is not None))
-        return orig(reqs)
+    def spy(reqs, many):  # noqa: ANN001, ANN202
+        if reqs:
+            admitted.append((len(reqs), eng.draws.inflight is not None))
+        return orig(reqs, many)
 
     eng._prefill = spy
     sync = run_mixed(llm, False)

@@ -136,7 +136,7 @@ def test_prompts_prefilled_together_equal_one_by_one(tiny_qwen2, monkeypatch):
     llm = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4))
     packs = []
     real = runner_mod.PackedPrompts
-    monkeypatch.setattr(runner_mod, "PackedPrompts", lambda cache, slots, lens: packs.append(lens) or real(cache, slots, lens))
+    monkeypatch.setattr(runner_mod, "PackedPrompts", lambda cache, slots, lens, *a: packs.append(lens) or real(cache, slots, lens, *a))
     together = llm.generate(prompts, pp, sp)
     assert packs and packs[0] == [3, 17, 9, 30, 1]  # all five in one forward
     monkeypatch.setattr(runner_mod, "MAX_PREFILL_TOKENS", 1)  # each prompt alone
@@ -145,3 +145,46 @@ def test_prompts_prefilled_together_equal_one_by_one(tiny_qwen2, monkeypatch):
         assert [p.token_ids for p in a.paths] == [p.token_ids for p in b.paths]
         assert a.summary.token_ids == b.summary.token_ids
         assert all(_close(x.logprobs, y.logprobs, 1e-5) for x, y in zip(a.paths, b.paths))
+
+
+def test_summary_openings_packed_with_a_prompt_equal_alone(tiny_qwen2, monkeypatch):
+    """A request opens its summary (a forced multi-token chunk over prompt + paths) in the same step as another
+    request's prompt is prefilled: one packed forward holds both chunks, and every token and log-prob equals
+    running each chunk in its own forward."""
+    from parathinker import SamplingParams
+    from parathinker.engine.sequence import RequestSpec
+
+    pp = ParallelParams(num_paths=3, max_path_tokens=4, summary_max_tokens=3)
+    specs = [RequestSpec([5 + i, 6, 7, 8 + i], pp, SamplingParams(temperature=1.0, seed=i, ignore_eos=True), [30, 31, 32])
+             for i in range(3)]
+    packs = []
+    real = runner_mod.PackedPrompts
+
+    def spy(cache, slots, lens, reads=None):  # noqa: ANN001, ANN202 - (prompts, chunks after a context) per forward
+        packs.append((sum(r is None for r in reads or [None] * len(lens)), sum(r is not None for r in reads or [])))
+        return real(cache, slots, lens, reads)
+
+    monkeypatch.setattr(runner_mod, "PackedPrompts", spy)
+
+    def run() -> list:
+        eng = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4)).engine
+        ids = [eng.add_request(s, stream=False) for s in specs[:2]]
+        sched = eng.scheduler
+        while not any(len(s.pending) > 1 for r in sched.running for s in sched.live(r)):  # up to the openings' step
+            eng.step()
+        ids.append(eng.add_request(specs[2], stream=False))
+        while eng.has_unfinished():
+            eng.step()
+        done = {r.id: r for r in eng.finished}
+        return [([s.body for s in done[i].seqs], done[i].summary.body, [s.logprobs for s in done[i].seqs],
+                 done[i].summary.logprobs) for i in ids]
+
+    together = run()
+    assert any(p and c for p, c in packs), packs  # the third prompt and a summary opening in one forward
+    monkeypatch.setattr(runner_mod, "MAX_PREFILL_TOKENS", 1)  # every chunk alone
+    packs.clear()
+    alone = run()
+    assert not packs
+    for (pa, sa, la, ma), (pb, sb, lb, mb) in zip(together, alone):
+        assert (pa, sa) == (pb, sb)
+        assert all(_close(x, y, 1e-6) for x, y in zip(la, lb)) and _close(ma, mb, 1e-6)

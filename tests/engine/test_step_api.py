@@ -118,6 +118,39 @@ def test_streamed_pieces_add_up_to_the_output_text(bundled: LLM) -> None:
     assert reasons["summary", 0] == out.summary.finish_reason
 
 
+@pytest.mark.parametrize("mode", ["parathinker", "majority"])
+def test_unstreamed_paths_come_at_their_first_token_and_their_end(bundled: LLM, mode: str) -> None:
+    """``stream_paths=False``: a path's deltas are its first step's tokens (no text yet) and, when it ends, the others
+    with its whole text; they add up to the streamed deltas' tokens and text; the summary streams as before."""
+
+    def deltas(stream_paths: bool) -> list[RequestDelta]:
+        pp = ParallelParams(mode=mode, num_paths=6, max_path_tokens=64, summary_max_tokens=24)
+        rid = bundled.add_request(PATHFIND, pp, SamplingParams(temperature=1.0, seed=3), stream_paths=stream_paths)
+        out = []
+        while bundled.engine.has_unfinished():
+            out += [d for d in bundled.engine.step() if d.request_id == rid]
+        return out
+
+    def parts(ds: list[RequestDelta]) -> dict:
+        acc: dict = defaultdict(lambda: ([], "", None))
+        for d in ds:
+            ids, text, _ = acc[d.part, d.index]
+            acc[d.part, d.index] = (ids + d.token_ids, text + d.text, d.finish_reason)
+        return dict(acc)
+
+    streamed, quiet = deltas(True), deltas(False)
+    assert parts(quiet) == parts(streamed)
+    paths = {k for k in parts(quiet) if k[0] != "summary"}
+    for key in paths:
+        mine = [d for d in quiet if (d.part, d.index) == key]
+        first = next(d for d in streamed if (d.part, d.index) == key)
+        assert len(mine) <= 2 and mine[0].token_ids == first.token_ids and mine[0].text == ""
+        assert mine[-1].finish_reason is not None
+    assert len([d for d in streamed if d.part != "summary"]) > 2 * len(paths)  # else nothing was coalesced
+    summary = [(d.token_ids, d.text) for d in streamed if d.part == "summary"]
+    assert summary == [(d.token_ids, d.text) for d in quiet if d.part == "summary"]
+
+
 @pytest.mark.parametrize("phase", ["waiting", "paths", "summary"])
 def test_abort_in_each_phase_frees_every_page_and_leaves_others_alone(tiny: LLM, phase: str) -> None:
     specs = mixed_specs()
@@ -250,7 +283,7 @@ def check_pages(eng) -> None:  # noqa: ANN001
             if run is not None:
                 runs[id(run)] = run
     owned = [p for run in runs.values() for p in run.pages]
-    free = eng.pool._free
+    free = eng.pool.free_pages()
     assert len(owned) == len(set(owned)), "a page in two runs"
     assert not set(owned) & set(free), "a page both free and owned"
     assert len(free) == len(set(free))

@@ -76,7 +76,8 @@ class FakeEngine:
     def has_unfinished(self) -> bool:
         return bool(self._waiting or self._running)
 
-    def add_request(self, spec: Spec, prompt: str = "") -> int:
+    def add_request(self, spec: Spec, prompt: str = "", stream_paths: bool = True) -> int:
+        # (stream_paths: the real engine then coalesces a path's deltas; the server reads both ways alike)
         pp = spec.parallel
         if pp.mode in ("parathinker", "reprefill") and pp.num_paths > 8:
             raise ConfigError(f"num_paths={pp.num_paths} but the tokenizer has only <think1>..<think8>: use at most 8 paths")

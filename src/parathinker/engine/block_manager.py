@@ -50,7 +50,13 @@ class PagePool:
             raise OutOfPagesError(f"the KV pool needs at least 2 pages, got {num_pages}: raise the KV memory budget")
         self.num_pages = num_pages
         self.page_size = page_size
-        self._free: list[int] = list(range(num_pages - 1, NULL_PAGE, -1))  # pop() hands out low ids first
+        # free pages: a stack (pop() hands out low ids first, then the most recently freed) and a flag per page.
+        # ``take_block`` finds its block in the flags and leaves the block's stack entries behind as stale
+        # (skipped when popped, dropped when they pile up): no pass over the whole free list per admission.
+        self._free: list[int] = list(range(num_pages - 1, NULL_PAGE, -1))
+        self._is_free = bytearray(num_pages)
+        self._is_free[NULL_PAGE + 1 :] = b"\x01" * (num_pages - 1)
+        self._num_free = num_pages - 1
         self._reserved: dict[int, int] = {}  # request id -> pages still reserved for it
 
     # -- accounting ---------------------------------------------------------------------
@@ -60,11 +66,15 @@ class PagePool:
 
     @property
     def num_free(self) -> int:
-        return len(self._free)
+        return self._num_free
 
     @property
     def num_unreserved(self) -> int:
-        return len(self._free) - sum(self._reserved.values())
+        return self._num_free - sum(self._reserved.values())
+
+    def free_pages(self) -> list[int]:
+        """The free pages, ascending (tests, debugging)."""
+        return [p for p in range(self.num_pages) if self._is_free[p]]
 
     def pages_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.page_size)
@@ -105,28 +115,50 @@ class PagePool:
         """
         if n <= 0 or self._reserved.get(request_id, 0) < n:
             return None
-        start, count, prev = -1, 0, -2
-        for p in sorted(self._free):
-            start, count = (start, count + 1) if p == prev + 1 else (p, 1)
-            prev = p
-            if count == n:
-                break
-        else:
+        start = self._is_free.find(b"\x01" * n)  # the lowest n free pages in a row (a C-speed scan of the flags)
+        if start < 0:
             return None
-        self._free = [p for p in self._free if not start <= p < start + n]
+        self._is_free[start : start + n] = bytes(n)
+        self._num_free -= n
         self._reserved[request_id] -= n
+        if len(self._free) > 2 * self._num_free + 64:  # many stale entries: keep each free page's top entry
+            self._compact()
         return list(range(start, start + n))
+
+    def _pop(self) -> int:
+        """The next free page off the stack (stale entries of pages a block took are skipped)."""
+        while True:
+            p = self._free.pop()
+            if self._is_free[p]:
+                self._is_free[p] = 0
+                self._num_free -= 1
+                return p
+
+    def _compact(self) -> None:
+        """The stack without stale entries, in the same order (a page freed again keeps its latest entry)."""
+        keep, seen = [], set()
+        for p in reversed(self._free):
+            if self._is_free[p] and p not in seen:
+                seen.add(p)
+                keep.append(p)
+        keep.reverse()
+        self._free = keep
 
     def extend(self, run: Run, n: int, request_id: int) -> list[int]:
         """Append ``n`` tokens to ``run`` (allocating pages from the request's reservation); return their slots."""
         start = run.length
+        ps = run.page_size
+        if n == 1 and start < len(run.pages) * ps:  # a decode step's token in a page the run has (the common case)
+            slot = run.pages[start // ps] * ps + start % ps
+            run.slot_list.append(slot)
+            run.length = start + 1
+            return [slot]
         while run.capacity < start + n:
             left = self._reserved.get(request_id, 0)
-            if left <= 0 or not self._free:
+            if left <= 0 or not self._num_free:
                 raise OutOfPagesError(f"request {request_id} exceeded its reserved KV pages (a budget bug)")
             self._reserved[request_id] = left - 1
-            run.pages.append(self._free.pop())
-        ps = run.page_size
+            run.pages.append(self._pop())
         new = [run.pages[i // ps] * ps + i % ps for i in range(start, start + n)]
         run.slot_list.extend(new)
         run.length = start + n
@@ -149,6 +181,9 @@ class PagePool:
         run.refs -= 1
         if run.refs == 0:
             self._free.extend(reversed(run.pages))
+            for p in run.pages:
+                self._is_free[p] = 1
+            self._num_free += len(run.pages)
             run.pages = []
             run.slot_list = []
             run.length = 0

@@ -27,7 +27,7 @@ from .kv_cache import CacheConfig
 from .outputs import RequestDelta, build_output, join_summary
 from .runner import ModelRunner
 from .scheduler import Scheduler
-from .sequence import Request, RequestSpec
+from .sequence import Request, RequestSpec, Seq
 
 
 class Engine:
@@ -92,16 +92,20 @@ class Engine:
         return self.draws.discarded_steps
 
     # ---------------------------------------------------------------- the step API
-    def add_request(self, spec: RequestSpec, prompt: str = "", *, stream: bool = True) -> int:
+    def add_request(self, spec: RequestSpec, prompt: str = "", *, stream: bool = True, stream_paths: bool = True) -> int:
         """Check a request at once (typed one-line errors) and queue it; return its id.
 
         It is admitted (pages reserved, prompt prefilled) at the first ``step`` where its
         worst-case pages fit; requests that do not fit yet wait in order. ``prompt`` is the text
         its ``RequestOutput`` carries. ``stream``: ``step`` reports its tokens as ``RequestDelta``s
-        (off for callers that read the finished requests themselves, like ``run``). Thread-safe.
+        (off for callers that read the finished requests themselves, like ``run``). ``stream_paths``
+        off: a path's (a majority vote's sample's) deltas come twice, at its first token (no text yet) and
+        when it ends (every other token, its whole text), not once per step: for a caller that shows the
+        paths only once they are done (a server without ``stream_paths``), no per-token detokenizing.
+        Thread-safe.
         """
         need = self.check(spec)
-        return self._enqueue(spec, prompt, need, stream).id
+        return self._enqueue(spec, prompt, need, stream, stream_paths).id
 
     def step(self) -> list[RequestDelta]:
         """One scheduling round: take queued requests and aborts, admit and prefill what fits, one
@@ -117,8 +121,12 @@ class Engine:
         admitted: list[Request] = []
         try:
             admitted = sched.admit()  # schedule
-            if admitted:  # run: their prompts are prefilled together
-                self._prefill(admitted)
+            # run: their prompts and the running sequences' multi-token chunks (a summary's forced opening)
+            # in one packed forward, before the step's one-token rows
+            many = [] if self.overlap else [s for r in sched.running for s in sched.live(r)
+                                            if len(s.pending) > 1 and s.kinds is None]
+            if admitted or many:
+                self._prefill(admitted, many)
                 sched.running.extend(admitted)
                 admitted = []
             if sched.running:
@@ -196,11 +204,11 @@ class Engine:
         return reqs
 
     # ---------------------------------------------------------------- queue, aborts, deltas
-    def _enqueue(self, spec: RequestSpec, prompt: str, need: int, stream: bool) -> Request:
+    def _enqueue(self, spec: RequestSpec, prompt: str, need: int, stream: bool, stream_paths: bool = True) -> Request:
         g = torch.Generator(device=self.runner.device)  # draws happen where the logits are
         g.manual_seed(spec.sampling.seed if spec.sampling.seed is not None else torch.seed())
         with self._lock:
-            req = Request(self._next_id, spec, g, prompt=prompt, stream=stream, need=need)
+            req = Request(self._next_id, spec, g, prompt=prompt, stream=stream, need=need, stream_paths=stream_paths)
             self._next_id += 1
             self._requests[req.id] = req
             self._inbox.append(req)
@@ -234,15 +242,20 @@ class Engine:
     def _deltas(self, req: Request) -> list[RequestDelta]:
         """New tokens and finishes of each of a request's sequences since the last step."""
         out = []
+        # unstreamed paths (``stream_paths`` off): their first token at once, then nothing until they end
+        quiet = not req.stream_paths and req.pp.mode != "sequential"
         for s in [*req.seqs, *([req.summary] if req.summary is not None else [])]:
             new = s.body[s.sent :]
             done = s.finished and not s.sent_finish
             if not new and not done:
                 continue
+            coalesced = quiet and s is not req.summary
+            if coalesced and s.sent and not done:
+                continue
             if s.detok is None:
                 lead = (req.pp.summary_prefix or "") if s is req.summary else ""
                 s.detok = IncrementalDetokenizer(self._decode, lead)
-            text = s.detok.push(new) if new else ""
+            text = s.detok.push(new) if new and not coalesced else ""
             s.sent = len(s.body)
             if done:
                 s.sent_finish = True
@@ -274,15 +287,20 @@ class Engine:
                 deltas[last].finished, deltas[last].output = True, out
         return deltas
 
-    def _prefill(self, reqs: list[Request]) -> None:
-        """Prefill the prompts of newly admitted requests (batched: ``runner.prefill``), then start their paths."""
-        logits = self.runner.prefill(self.scheduler.prompt_chunks(reqs))  # (len(reqs), V)
+    def _prefill(self, reqs: list[Request], many: list[Seq]) -> None:
+        """Prefill the prompts of newly admitted requests and run the multi-token chunks of ``many`` (causal,
+        after a context) in packed forwards (``runner.prefill``); start the requests' paths, draw the chunks'
+        next tokens. Each packed chunk computes what it would alone (tested)."""
+        chunks = self.scheduler.prompt_chunks(reqs) + [self.scheduler.chunk(s) for s in many]
+        logits = self.runner.prefill(chunks)  # (len(reqs) + len(many), V)
         for k, req in enumerate(reqs):
             req.stats["prefill_tokens"] += req.prompt_len
             req.mark("prefill")
             first = self.scheduler.start_paths(req)  # samples draw their first token from the prompt's logits
             if first:
                 self.draws.consume(first, logits[k : k + 1].expand(len(first), -1))
+        if many:
+            self.draws.consume(many, logits[len(reqs) :])
 
     def _decode_step(self, active: list[Request]) -> None:
         """One forward over every sequence with a single pending token (plus one per multi-token chunk),

@@ -132,11 +132,13 @@ class LLM:
         sampling: SamplingParams | None = None,
         *,
         raw: bool = False,
+        stream_paths: bool = True,
     ) -> int:
-        """Queue one request on the engine (``llm.engine.step()`` runs it and streams its deltas); its id."""
+        """Queue one request on the engine (``llm.engine.step()`` runs it and streams its deltas); its id.
+        ``stream_paths`` off: each path's deltas at its first token and its end only (``Engine.add_request``)."""
         spec = self.request_spec(prompt, parallel, sampling, raw=raw)
         text = prompt if isinstance(prompt, str) else self._decode(spec.prompt_ids)
-        return self.engine.add_request(spec, text)
+        return self.engine.add_request(spec, text, stream_paths=stream_paths)
 
     def generate(
         self,

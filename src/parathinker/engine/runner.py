@@ -46,20 +46,31 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prefill(self, chunks: list[Chunk]) -> torch.Tensor:
-        """Logits (len(chunks), V) at the last token of each prompt (chunks that read only their own tokens).
+        """Logits (len(chunks), V) at the last token of each multi-token causal chunk (``kinds`` None): the
+        prompts of admitted requests, and chunks after a context (a summary's forced opening).
 
-        Prompts are packed into forwards of at most ``MAX_PREFILL_TOKENS`` tokens (one weight pass for
-        many short prompts; attention per prompt, ``PackedPrompts``); a longer prompt goes alone.
+        Chunks are packed into forwards of at most ``MAX_PREFILL_TOKENS`` tokens (one weight pass for
+        many short chunks; attention per chunk, ``PackedPrompts``); a longer chunk, or one whose (rows x
+        keys) could pass ``MAX_MASK_ELEMENTS``, goes alone (in pieces of rows, ``_forward_causal``).
         """
         out: list[torch.Tensor] = []
         batch: list[Chunk] = []
-        for c in [*chunks, None]:
-            full = c is None or (batch and sum(len(b.tokens) for b in batch) + len(c.tokens) > MAX_PREFILL_TOKENS)
-            if batch and full:
+
+        def flush() -> None:
+            if batch:
                 out.append(self.forward(batch) if len(batch) == 1 or not self.causal_prefill else self._packed(batch))
-                batch = []
-            if c is not None:
-                batch.append(c)
+                batch.clear()
+
+        for c in chunks:
+            n = len(c.tokens)
+            if n * sum(r.length for r in c.reads) > MAX_MASK_ELEMENTS:
+                flush()
+                out.append(self.forward([c]))
+                continue
+            if batch and sum(len(b.tokens) for b in batch) + n > MAX_PREFILL_TOKENS:
+                flush()
+            batch.append(c)
+        flush()
         return torch.cat(out)
 
     def _packed(self, chunks: list[Chunk]) -> torch.Tensor:
@@ -68,7 +79,9 @@ class ModelRunner:
         flat = [torch.tensor(list(chain.from_iterable(getattr(c, f) for c in chunks)))[None]
                 for f in ("tokens", "positions", "segments")]
         slots = torch.tensor([list(chain.from_iterable(c.new_slots for c in chunks))], device=dev)
-        attn = PackedPrompts(self.kv.data, slots, lens)
+        reads = [None if sum(r.length for r in c.reads) == len(c.tokens) else  # a prompt: reads only itself
+                 torch.tensor([list(chain.from_iterable(r.slot_list for r in c.reads))], device=dev) for c in chunks]
+        attn = PackedPrompts(self.kv.data, slots, lens, reads)
         hidden = self.model.hidden(*(x.to(dev) for x in flat), attn)  # (1, sum(lens), D)
         self.num_forwards += 1
         ends = torch.tensor(lens).cumsum(0) - 1

@@ -207,12 +207,15 @@ class Scheduler:
         slots = self.pool.extend(s.own, n, req.id)
         if s.pending_positions is not None:
             pos, seg = s.pending_positions, s.pending_segments or [0] * n
+        elif n == 1:
+            pos, seg = [self._position(s, s.num_cached)], [s.segment]
         else:
             pos = [self._position(s, s.num_cached + j) for j in range(n)]
             seg = [s.segment] * n
         # paths and samples read their request's prompt run first: a prefix shared with their siblings
-        chunk = Chunk(s.pending, pos, seg, slots, s.reads, s.kinds, shared_prefix=s.role in ("path", "sample"))
-        req.stats[self._stat_key(s)] += n
+        shared = s.role == "path" or s.role == "sample"
+        chunk = Chunk(s.pending, pos, seg, slots, s.reads, s.kinds, shared)
+        req.stats["path_tokens" if shared else self._stat_key(s)] += n
         s.num_cached += n
         s.pending, s.pending_positions, s.pending_segments, s.kinds = [], None, None, None
         return chunk

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -87,6 +88,7 @@ class Request:
     prompt_run: Run | None = None
     prompt: str = ""  # the text its output carries
     stream: bool = False  # step() reports its tokens as deltas
+    stream_paths: bool = True  # per step for its paths too (else at their first token and their end)
     need: int = 0  # worst-case pages (reserved on admission)
     phase: Literal["waiting", "paths", "summary", "done", "aborted", "failed"] = "waiting"
     seqs: list[Seq] = field(default_factory=list)
@@ -101,15 +103,16 @@ class Request:
     def pp(self) -> ParallelParams:
         return self.spec.parallel
 
-    @property
+    @cached_property
     def layout(self) -> LayoutConfig:
+        """The request's layout config (made once: the scheduler asks for it per token)."""
         return self.spec.parallel.layout
 
     @property
     def prompt_len(self) -> int:
         return len(self.spec.prompt_ids)
 
-    @property
+    @cached_property
     def stride(self) -> int:
         """Flat-position stride at inference: the longest a path can be (budget + both control tokens)."""
         return self.layout.flat_stride or self.spec.path_budget + 2

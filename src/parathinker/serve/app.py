@@ -118,6 +118,7 @@ class Server:
         pp, sp = self.params(body, budget)
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         call = Call(self, asyncio.get_running_loop(), pp.mode)
+        call.stream_paths = body.stream_paths  # else the paths are sent whole once they end: no per-token pieces
         jobs = []
         for p, (prompt, raw) in enumerate(prompts):
             for j in range(body.n):
@@ -151,6 +152,7 @@ class Call:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.choices: dict[int, ChoiceState] = {}  # by engine request id
         self.prompt_tokens = 0
+        self.stream_paths = True
         self.t0 = time.perf_counter()
         self.closed = False
         self._lock = threading.Lock()
@@ -165,7 +167,7 @@ class Call:
             with self._lock:
                 if self.closed:
                     return
-                stream = t.submit(spec, "", self.queue, self.loop, tag=state)
+                stream = t.submit(spec, "", self.queue, self.loop, tag=state, stream_paths=self.stream_paths)
                 state.request_id = stream.request_id
                 self.choices[stream.request_id] = state
             if counts:

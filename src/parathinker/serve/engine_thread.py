@@ -106,12 +106,14 @@ class EngineThread:
 
     # ------------------------------------------------------------------ requests
     def submit(self, spec: Any, prompt: str, queue: asyncio.Queue, loop: asyncio.AbstractEventLoop,
-               tag: Any = None) -> Stream:
-        """Add a request to the engine (its typed errors propagate); its deltas go to ``queue``."""
+               tag: Any = None, stream_paths: bool = True) -> Stream:
+        """Add a request to the engine (its typed errors propagate); its deltas go to ``queue``.
+        ``stream_paths`` off: the paths' deltas come at their first token and their end only
+        (``Engine.add_request``)."""
         if not self.alive:
             raise EngineUnavailable(self.error or "the engine is not running")
         with self._lock:
-            rid = self.engine.add_request(spec, prompt)
+            rid = self.engine.add_request(spec, prompt, stream_paths=stream_paths)
             stream = Stream(rid, queue, loop, tag)
             self._streams[rid] = stream
         self._wake.set()

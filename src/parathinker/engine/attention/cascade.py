@@ -8,15 +8,23 @@ lie in place. Both follow ``base.DecodeAttention``: the fused step stores K/V an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from itertools import chain
-
 import torch
 
 from ...model.attention import sdpa
 from ..block_manager import Run
 from ..plan import Chunk, Plan
 from .base import write_kv
+from .private import (
+    Private,
+    Strided,
+    consecutive,
+    key_bias,
+    padded,
+    private_parts,
+    shorter_masked,
+    stretches,
+    strided,
+)
 
 # A request's rows read their shared prompt as a group when that saves at least CASCADE_MIN_GROUP_KEYS key
 # reads ((rows - 1) x prompt length), and only if the step's groups save CASCADE_MIN_SAVED_KEYS together: the
@@ -28,40 +36,6 @@ CASCADE_MIN_SAVED_KEYS = 512
 # A lone row whose reads lie in place (a summary over its paths' side-by-side blocks) reads them there, run by
 # run, from this many keys on; below it one gather and one attention call cost less (benchmarks/cascade_inplace.py).
 IN_PLACE_MIN_KEYS = 4096
-
-
-@dataclass(frozen=True)
-class Strided:
-    """Rows' private keys read in place: row b's are the ``width`` slots from ``start + b * stride``
-    (one row: its consecutive slots; a request's paths: side-by-side page blocks, ``PagePool.take_block``)."""
-
-    start: int
-    stride: int
-    width: int
-
-
-def _strided(per_row: list[list[int]], num_slots: int) -> Strided | None:
-    """The rows' slots as one ``Strided`` view of a pool of ``num_slots``, if each row's are consecutive and
-    the rows' starts are evenly spaced (a shorter row's view runs past its slots, masked, inside the pool)."""
-    if not all(_consecutive(r) for r in per_row):
-        return None
-    starts, width = [r[0] for r in per_row], max(len(r) for r in per_row)
-    stride = starts[1] - starts[0] if len(starts) > 1 else width
-    if stride < width or starts[-1] + width > num_slots or any(b - a != stride for a, b in zip(starts, starts[1:])):
-        return None
-    return Strided(starts[0], stride, width)
-
-
-def _stretches(cache: torch.Tensor, s: Strided, n: int) -> torch.Tensor:
-    """Every layer's ``n`` stretches of ``s`` as a view of the pool: (L, 2, n, width, KVH, hd), no copy."""
-    st = cache.stride()
-    return cache.as_strided((*cache.shape[:2], n, s.width, *cache.shape[3:]), (st[0], st[1], s.stride * st[2], *st[2:]),
-                            cache.storage_offset() + s.start * st[2])
-
-
-def _shorter_masked(lens: list[int], width: int) -> torch.Tensor | None:
-    """(n, width) valid keys of stretches holding ``lens`` keys each; None when every one is full."""
-    return None if min(lens) == width else torch.arange(width)[None, :] < torch.tensor(lens)[:, None]
 
 
 class _WriteThenAttend:
@@ -88,7 +62,7 @@ class RunsInPlace(_WriteThenAttend):
         self.cache = cache
         self.slot_mapping = slot_mapping  # (1,)
         # per part (``n`` stretches of the pool): every layer's (L, 2, n, KVH, W, hd) view, and its key bias
-        self.parts = [(_stretches(cache, p, n).transpose(3, 4), _key_bias(valid, torch.float32)) for p, n, valid in parts]
+        self.parts = [(stretches(cache, p, n).transpose(3, 4), key_bias(valid, torch.float32)) for p, n, valid in parts]
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """q (1, H, D), the row's new K/V already stored -> (1, H, D)."""
@@ -113,10 +87,10 @@ def _in_place_parts(reads: list[Run], num_slots: int) -> list[tuple[Strided, int
     if len(reads) < 3 or sum(r.length for r in reads) < IN_PLACE_MIN_KEYS:
         return None
     first, middle, last = reads[0].slot_list, [r.slot_list for r in reads[1:-1]], reads[-1].slot_list
-    paths = _strided(middle, num_slots)
-    if paths is None or not _consecutive(first) or not _consecutive(last):
+    paths = strided(middle, num_slots)
+    if paths is None or not consecutive(first) or not consecutive(last):
         return None
-    valid = _shorter_masked([len(m) for m in middle], paths.width)
+    valid = shorter_masked([len(m) for m in middle], paths.width)
     return [(Strided(first[0], len(first), len(first)), 1, None), (paths, len(middle), valid),
             (Strided(last[0], len(last), len(last)), 1, None)]
 
@@ -136,30 +110,30 @@ class PagedCascade(_WriteThenAttend):
     keys (read in place when a single row's slots are consecutive).
     """
 
-    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, groups: tuple | None, private: tuple,
+    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, groups: tuple | None, parts: list[Private],
                  whole: bool = False):
         self.cache = cache
         self.slot_mapping = slot_mapping  # (B,)
         # (keys: a slice of the pool or (NG, S) slots, valid (NG, S) or None, rows (NG, Q), row_valid (NG, Q))
         self.groups = groups
         self.whole = whole  # one group of every row, in order (one request's paths)
-        self.private = private  # (slots (B, W) or ``Strided``, valid (B, W) or None)
+        # the rows' private keys in buckets of similar length (``private.private_parts``; one bucket: every row)
+        self.parts = parts
         # what every layer of the step shares, made once per step: key-padding biases (float32 for the
         # cascade's partials), group rows, and views of every layer's keys/values read in place
-        slots = private[0]
-        self.own, self.own_slots = None, None
-        if isinstance(slots, Strided):  # (L, 2, B, W, KVH, hd), a view: no copy
-            self.own = _stretches(cache, slots, slot_mapping.shape[0])
-        else:
-            self.own_slots = slots.reshape(-1)
+        self.biases = [key_bias(p.valid, cache.dtype if groups is None else torch.float32) for p in parts]
         if groups is None:
-            self.bias = _key_bias(private[1], cache.dtype)
             return
         g_keys, g_valid, g_rows, g_rvalid = groups
-        self.bias, self.group_bias = _key_bias(private[1], torch.float32), _key_bias(g_valid, torch.float32)
+        self.group_bias = key_bias(g_valid, torch.float32)
         self.q_rows, self.rows = g_rows.clamp_min(0), g_rows[g_rvalid]  # each row is in at most one group
         # a prompt in consecutive slots: (L, 2, 1, KVH, S, hd), the layout the flash partial takes
         self.shared = cache[:, :, g_keys].transpose(2, 3)[:, :, None] if isinstance(g_keys, slice) else None
+
+    @property
+    def in_place(self) -> bool:
+        """Every row's private keys are read in place (no gather)."""
+        return all(p.view is not None for p in self.parts)
 
     @classmethod
     def for_chunks(cls, cache: torch.Tensor, chunks: list[Chunk], device: torch.device) -> PagedCascade | RunsInPlace:
@@ -182,45 +156,45 @@ class PagedCascade(_WriteThenAttend):
         groups = None
         if shared:
             runs = [run for run, _ in shared]
-            rows, row_valid = _padded([list(r) for _, r in shared])
-            if len(runs) == 1 and _consecutive(runs[0].slot_list):  # one prompt in consecutive pages: a view
+            rows, row_valid = padded([list(r) for _, r in shared])
+            if len(runs) == 1 and consecutive(runs[0].slot_list):  # one prompt in consecutive pages: a view
                 first = runs[0].slot_list[0]
                 keys: slice | torch.Tensor = slice(first, first + runs[0].length)
                 valid = None
             else:
-                keys, valid = (t.to(device) for t in _padded([r.slot_list for r in runs]))
+                keys, valid = (t.to(device) for t in padded([r.slot_list for r in runs]))
             groups = (keys, valid, rows.to(device), row_valid.to(device))
         for run, r in plan.single:
             per_row[r].extend(run.slot_list)
-        strided = _strided(per_row, cache.shape[2])
-        if strided is not None:  # read in place; rows shorter than the widest are padded by key masking
-            valid = _shorter_masked([len(r) for r in per_row], strided.width)
-            private: tuple = (strided, None if valid is None else valid.to(device))
-        else:
-            slots, valid = _padded(per_row)
-            private = (slots.to(device), None if bool(valid.all()) else valid.to(device))
+        parts = private_parts(per_row, cache.shape[2], device, cache)
         slot_mapping = torch.tensor([c.new_slots[0] for c in chunks], dtype=torch.long, device=device)
         whole = len(shared) == 1 and list(shared[0][1]) == list(range(len(chunks)))
-        return cls(cache, slot_mapping, groups, private, whole)
+        return cls(cache, slot_mapping, groups, parts, whole)
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """q (B, H, D), the rows' new K/V already stored -> (B, H, D)."""
         B, H, D = q.shape
         KVH = self.cache.shape[3]
         G = H // KVH
-        if self.own is not None:  # in place (``Strided``)
-            keys, vals = self.own[layer]  # (B, W, KVH, D)
-        else:  # both halves in one gather: (2, B, W, KVH, D)
-            keys, vals = self.cache[layer].index_select(1, self.own_slots).view(2, B, -1, KVH, D)
-        if self.groups is None:  # nothing shared: one fused attention call
-            if _FLASH_CPU is not None and q.device.type == "cpu":  # a KV head's G query heads as G query rows
-                out = _FLASH_CPU(q.view(B, KVH, G, D), keys.transpose(1, 2), vals.transpose(1, 2), attn_mask=self.bias,
-                                 scale=D**-0.5)[0]
-                return out.reshape(B, H, D)
-            return sdpa(q[:, None], keys, vals, self.bias)[:, 0]
+        qv = q.view(B, KVH, G, D)  # a KV head's G query heads as G query rows
+        one = len(self.parts) == 1
+        if self.groups is None:  # nothing shared: one fused attention call per bucket
+            if one:
+                return self._final(self.parts[0], self.biases[0], layer, qv).reshape(B, H, D)
+            out = torch.empty_like(qv)
+            for part, bias in zip(self.parts, self.biases):
+                out.index_copy_(0, part.rows, self._final(part, bias, layer, qv.index_select(0, part.rows)))
+            return out.reshape(B, H, D)
         f32 = torch.float32
-        qf = q.view(B, KVH, G, D).to(f32)
-        out, lse = _partial_attention(qf, keys.to(f32), vals.to(f32), self.private[1], self.bias)  # each row's own keys
+        qf = qv.to(f32)
+        if one:  # each row's private keys
+            out, lse = self._partial(self.parts[0], self.biases[0], layer, qf)
+        else:
+            out, lse = qf.new_empty(B, KVH, G, D), qf.new_empty(B, KVH, G)
+            for part, bias in zip(self.parts, self.biases):
+                o, m = self._partial(part, bias, layer, qf.index_select(0, part.rows))
+                out.index_copy_(0, part.rows, o)
+                lse.index_copy_(0, part.rows, m)
         g_keys, g_valid, g_rows, g_rvalid = self.groups
         if self.shared is not None:  # read in place, already in the partial's layout
             keys, vals = self.shared[layer].to(f32)  # (1, KVH, S, D)
@@ -245,6 +219,20 @@ class PagedCascade(_WriteThenAttend):
         return out.to(q.dtype).reshape(B, H, D)
 
 
+    def _final(self, part: Private, bias: torch.Tensor | None, layer: int, q: torch.Tensor) -> torch.Tensor:
+        """The attention of a bucket's rows over their private keys alone: q (R, KVH, G, D) -> (R, KVH, G, D)."""
+        keys, vals = part.read(self.cache, layer)  # (R, W, KVH, D)
+        R, KVH, G, D = q.shape
+        if _FLASH_CPU is not None and q.device.type == "cpu":
+            return _FLASH_CPU(q, keys.transpose(1, 2), vals.transpose(1, 2), attn_mask=bias, scale=D**-0.5)[0]
+        return sdpa(q.reshape(R, 1, KVH * G, D), keys, vals, bias)[:, 0].view(R, KVH, G, D)
+
+    def _partial(self, part: Private, bias: torch.Tensor | None, layer: int, q: torch.Tensor):  # noqa: ANN202
+        """A bucket's partial over its private keys, float32 (to be merged with a group's)."""
+        keys, vals = part.read(self.cache, layer)
+        return _partial_attention(q, keys.float(), vals.float(), part.valid, bias)
+
+
 # SDPA's CPU flash kernel, which also returns the log-sum-exp a cascade merge needs (an internal op of
 # torch: where a torch version lacks it, the same arithmetic runs as einsums)
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -253,7 +241,7 @@ _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 def _partial_attention(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor | None,
                        bias: torch.Tensor | None = None, transposed: bool = False):  # noqa: ANN202
     """q (N, KVH, M, D) over keys/values (N or 1, S, KVH, D), ``valid`` (N, S) or None, float32.
-    ``bias``: ``_key_bias(valid, float32)`` if the caller has it already; ``transposed``: keys/values
+    ``bias``: ``key_bias(valid, float32)`` if the caller has it already; ``transposed``: keys/values
     come as (N or 1, KVH, S, D).
 
     Returns the softmax-weighted values (N, KVH, M, D) and the log-sum-exp of the scaled scores
@@ -265,41 +253,12 @@ def _partial_attention(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, 
     if _FLASH_CPU is not None and q.device.type == "cpu":
         k, v = (x.expand(q.shape[0], -1, -1, -1) for x in (keys, vals))  # (N, KVH, S, D)
         if bias is None:
-            bias = _key_bias(valid, q.dtype)
+            bias = key_bias(valid, q.dtype)
         return _FLASH_CPU(q, k, v, attn_mask=bias, scale=D**-0.5)[:2]
     s = torch.einsum("nkmd,nksd->nkms", q * D**-0.5, keys)
     if valid is not None:
         s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
     return _partial(s, vals, "nkms,nksd->nkmd")
-
-
-def _key_bias(valid: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(N, S) valid keys -> additive (N, 1, 1, S) bias: 0 where valid, -inf on padding (None: no padding)."""
-    if valid is None:
-        return None
-    return torch.zeros(valid.shape, dtype=dtype, device=valid.device).masked_fill_(~valid, float("-inf"))[:, None, None, :]
-
-
-def _consecutive(slots: list[int]) -> bool:
-    """The slots are one stretch of the pool (each the previous + 1): readable as a slice, in place.
-
-    Not just first and last: pages handed out again after others were freed can line those two up
-    around a gap (pages 24, 30, 26, 27 of 4 slots: 96 ... 111, without 100-103, with 120-123).
-    """
-    if not slots or slots[-1] - slots[0] != len(slots) - 1:
-        return False
-    return slots == list(range(slots[0], slots[0] + len(slots)))
-
-
-def _padded(lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged int lists -> (N, max_len) long (padding 0) and its validity mask."""
-    n = max(1, max((len(x) for x in lists), default=0))
-    lens = torch.tensor([len(x) for x in lists])
-    flat = torch.tensor(list(chain.from_iterable(lists)), dtype=torch.long)
-    valid = torch.arange(n)[None, :] < lens[:, None]
-    out = torch.zeros(len(lists), n, dtype=torch.long)
-    out[valid] = flat
-    return out, valid
 
 
 def _partial(scores: torch.Tensor, values: torch.Tensor, eq: str) -> tuple[torch.Tensor, torch.Tensor]:

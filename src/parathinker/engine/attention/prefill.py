@@ -34,20 +34,26 @@ class PagedCausal:
 
 
 class PackedPrompts:
-    """Several prompts packed end to end in one row (one weight pass): each attends causally to itself only.
+    """Several multi-token chunks packed end to end in one row (one weight pass): each attends causally to
+    its own keys only, as ``PagedCausal`` would one at a time.
 
-    Writes every token's k', v' into its slot, then runs SDPA's causal mode per prompt over the
-    k', v' just computed (no mask tensor, nothing read from the pool).
+    Writes every token's k', v' into its slot, then runs SDPA's causal mode per chunk: a prompt over the
+    k', v' just computed (nothing read from the pool), a chunk after a context (a summary's forced opening,
+    forced path tokens) bottom-right aligned over the keys it reads from the pool (``reads``).
     """
 
-    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, lens: list[int]):
+    def __init__(self, cache: torch.Tensor, slot_mapping: torch.Tensor, lens: list[int],
+                 reads: list[torch.Tensor | None] | None = None):
         self.cache = cache
         self.slot_mapping = slot_mapping  # (1, sum(lens)) long
         ends = list(accumulate(lens))
-        self.bounds = [(e - n, e) for e, n in zip(ends, lens)]  # [start, end) of each prompt
+        self.bounds = [(e - n, e) for e, n in zip(ends, lens)]  # [start, end) of each chunk
+        self.reads = reads or [None] * len(lens)  # per chunk: (1, S) slots read, its new tokens last; None: a prompt
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         kv = self.cache[layer]
         write_kv(kv, self.slot_mapping, k, v)
         k, v = k.to(kv.dtype), v.to(kv.dtype)
-        return torch.cat([sdpa(q[:, a:b], k[:, a:b], v[:, a:b], None, causal=True) for a, b in self.bounds], dim=1)
+        return torch.cat([sdpa(q[:, a:b], k[:, a:b], v[:, a:b], None, causal=True) if read is None else
+                          sdpa(q[:, a:b], kv[0][read], kv[1][read], None, causal=True)
+                          for (a, b), read in zip(self.bounds, self.reads)], dim=1)
