@@ -38,13 +38,16 @@ def test_generate_json(tiny_qwen2, capsys):
     ("args", "message"),
     [
         (["--model", "/nonexistent/dir"], "no such model directory"),
-        (["--paths", "0"], "num_paths must be >= 1"),
-        (["--paths", "9"], "at most 8 paths"),
-        (["--max-path-tokens", "-1"], "max_path_tokens must be >= 1"),
+        (["--paths", "0"], "--paths must be >= 1"),
+        (["--paths", "9"], "--paths 9 but the tokenizer has only <think1>..<think8>: use at most 8 paths"),
+        (["--max-path-tokens", "-1"], "--max-path-tokens must be >= 1"),
         (["--termination", "most"], "termination must be"),
+        (["--paths", "4", "--termination", "5"], "--termination 5 needs 5 finished paths, more than --paths 4"),
         (["--temperature", "-1"], "temperature must be >= 0"),
-        (["--max-path-tokens", "100000"], "past the model's context"),
-        (["--num-pages", "4", "--max-path-tokens", "200"], "raise the KV memory budget"),
+        (["--top-p", "2"], "--top-p must be in (0, 1]"),
+        (["--max-path-tokens", "100000"], "past the model's context of 4096: lower --max-path-tokens / --summary-max-tokens"),
+        (["--num-pages", "4", "--max-path-tokens", "200"], "has 3: raise --kv-cache-memory (GiB) or lower the token "
+                                                          "budgets (--max-path-tokens, --summary-max-tokens)"),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny_qwen2, capsys, args, message):
@@ -129,6 +132,25 @@ def test_eval_help_and_threads(capsys):
     assert "pathfind" in out.rsplit("--benchmark BENCHMARK", 1)[1][:300] and "--threads THREADS" in out
 
 
+def test_library_errors_name_fields_and_the_cli_names_its_flags(capsys):
+    """The same mistake, told to each caller in what it can change: a Python (or HTTP) user gets the
+    parameter's field name, a command-line user the option (issue 14: no CLI flags in library errors)."""
+    from parathinker import LLM, ParallelParams
+    from parathinker.errors import ConfigError, PromptTooLongError
+
+    llm = LLM(None, threads="auto")
+    with pytest.raises(PromptTooLongError) as e:
+        llm.generate("graph : 1 > 2 ; find path 1 to 2", ParallelParams(max_path_tokens=5000))
+    assert "lower max_path_tokens / summary_max_tokens" in str(e.value) and "--" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^termination=5 needs 5 finished paths, more than num_paths=4"):
+        ParallelParams(num_paths=4, termination=5)
+    with pytest.raises(ConfigError, match=r"^num_paths must be >= 1"):
+        ParallelParams(num_paths=0)
+    assert main(["generate", "graph : 1 > 2 ; find path 1 to 2", "--max-path-tokens", "5000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("parathinker: error: prompt (") and "lower --max-path-tokens / --summary-max-tokens" in err
+
+
 def test_score_with_control_tokens_in_a_body_is_a_clear_error():
     from parathinker import LLM
     from parathinker.errors import ConfigError
@@ -161,3 +183,22 @@ def test_progress_bar_ends_full():
         (out,) = LLM(None, threads="auto").generate(q, progress=True)
     frames = [f for f in buf.getvalue().split("\r") if "%|" in f]
     assert max(p.num_tokens for p in out.paths) < 128 and frames[-1].split("%")[0].endswith("100")
+
+
+def test_eval_termination_is_checked_against_every_p_at_once(tmp_path, capsys, monkeypatch):
+    """`eval --termination k` with a P < k in --paths: one line before the model loads, no folder made."""
+    from parathinker.assets import default_model_dir
+    from parathinker.eval import cli as eval_cli
+
+    monkeypatch.setattr(eval_cli, "load_llm", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "ev"
+    argv = ["eval", "--benchmark", "pathfind", "--model", str(default_model_dir()), "--limit", "2", "--out", str(out),
+            "--termination", "5", "--paths", "1,8,4", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == ("parathinker: error: --termination 5 needs 5 finished paths, but --paths has P=1, 4 (for --method "
+                   "parathinker): lower --termination or drop those P from --paths\n")
+    assert not out.exists()
+    # the single-path methods take no termination: they run whatever it is
+    monkeypatch.undo()
+    assert main([*argv[:-5], "--termination", "5", "--paths", "1", "--method", "sequential", "--no-progress"]) == 0
