@@ -202,3 +202,20 @@ def test_eval_termination_is_checked_against_every_p_at_once(tmp_path, capsys, m
     # the single-path methods take no termination: they run whatever it is
     monkeypatch.undo()
     assert main([*argv[:-5], "--termination", "5", "--paths", "1", "--method", "sequential", "--no-progress"]) == 0
+
+
+def test_every_entry_point_has_the_one_error_format(tmp_path, capsys):
+    """`prepare` (train/cli.py's own handler), `python -m parathinker.tasks.pathfind` and
+    `python -m parathinker.train.cli` print `parathinker: error: ...` on one line, options named as flags."""
+    from parathinker.tasks.pathfind.cli import main as pathfind_main
+    from parathinker.train.cli import main as train_main
+
+    assert main(["prepare", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("parathinker: error: ") and "(give --model DIR, a Hugging Face" in err and err.count("\n") == 1
+    for entry, argv in ((pathfind_main, ["check"]), (train_main, ["train", "--data", "x"])):
+        with pytest.raises(SystemExit) as e:
+            entry(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("parathinker: error: the following arguments are required")
+        assert err.count("\n") == 1 and "usage:" not in err

@@ -10,6 +10,7 @@ from typing import Any
 
 from .cliutil import (
     FLAGS_DEST,
+    Parser,
     add_dataclass_args,
     add_model_args,
     cli_message,
@@ -72,13 +73,6 @@ def _as_dict(o: Any) -> dict[str, Any]:
     if d["summary"]:
         d["summary"].pop("logprobs", None)
     return d
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with the CLI's one error format: ``parathinker: error: ...`` on one line, exit 2."""
-
-    def error(self, message: str) -> Any:  # argparse's own: the usage block, then "PROG: error: ..."
-        self.exit(2, f"parathinker: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

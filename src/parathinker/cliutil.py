@@ -23,6 +23,13 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one error format: ``parathinker: error: ...`` on one line, exit 2."""
+
+    def error(self, message: str) -> Any:  # argparse's own: the usage block, then "PROG: error: ..."
+        self.exit(2, f"parathinker: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
 
