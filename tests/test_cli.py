@@ -169,6 +169,17 @@ def test_a_prompt_the_model_cannot_read_warns():
     assert "Traceback" not in r.stderr and "\r" not in r.stderr  # no progress bar in a log
 
 
+def test_the_bundled_generate_is_quiet_in_a_log():
+    """stderr not a terminal: no warning (dtype deprecation, the tokenizer's own length limit), no bar;
+    a prompt past the context is one error line, not the tokenizer's misleading length warning first."""
+    q = ("graph : 19 > 72 , 73 > 48 , 77 > 49 , 96 > 98 , 52 > 73 , 52 > 77 , 19 > 26 , 62 > 96 , 77 > 62 , "
+         "35 > 45 , 93 > 10 , 48 > 57 , 49 > 51 , 48 > 93 , 52 > 35 , 45 > 19 ; find path 52 to 57")
+    r = _run("generate", q, "--seed", "0")
+    assert r.returncode == 0 and r.stderr == "" and "answer: 52 73 48 57" in r.stdout, r.stderr
+    r = _run("generate", "graph : " + "10 > 11 , " * 1200 + "10 > 12 ; find path 10 to 12")
+    assert r.returncode == 2 and r.stderr.startswith("parathinker: error: the prompt has ") and r.stderr.count("\n") == 1
+
+
 def test_progress_bar_ends_full():
     """First-Finish leaves most of the budget unused: the bar still ends at 100%, not 76%."""
     import contextlib
