@@ -86,7 +86,8 @@ def test_unsupported_architecture_and_missing_control_tokens(tmp_path, tiny_qwen
     assert main(["eval", "--model", str(plain), "--benchmark", str(bench), "--out", str(out), "--paths", "2",
                  "--max-path-tokens", "4", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("parathinker: error: --method parathinker --paths 2:") and "--method sequential" in err
+    assert err.startswith("parathinker: error: --method parathinker --paths 2:") and err.rstrip().endswith(
+        "or run --method sequential,majority") and "mode=" not in err
     assert not any(p.stat().st_size for p in out.glob("*.jsonl"))  # not one sample was spent
 
 

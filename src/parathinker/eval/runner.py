@@ -217,8 +217,10 @@ def preflight(llm: GenerateLLM, problems: dict[str, list[Problem]], plan: RunPla
             try:
                 check(prompt, pp, settings.sampling(settings.seed))  # type: ignore[misc]
             except ParaThinkerError as e:
-                hint = " (in eval: --method sequential,majority)" if isinstance(e, TokenizerError) else ""
-                raise type(e)(f"--method {method} --paths {p}: {e}{hint}") from None
+                msg = str(e)
+                if isinstance(e, TokenizerError):  # the engine's advice in eval's terms
+                    msg = msg.replace("use mode=sequential or mode=majority", "run --method sequential,majority")
+                raise type(e)(f"--method {method} --paths {p}: {msg}") from None
 
 
 def _drive(
