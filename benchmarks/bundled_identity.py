@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> None:
     settings = EvalSettings(temperature=1.0, top_p=1.0, max_path_tokens=128, summary_max_tokens=48)
     llm = LLM(args.model)
     pp = settings.parallel("parathinker", 8)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w") as f:
         for s in range(args.samples):
             sp = settings.sampling(seed_for(settings.seed, s))

@@ -113,6 +113,7 @@ def main() -> None:
     print(f"the rule picks the faster way in {len(rows) - len(wrong)} of {len(rows)} cases"
           + (f"; where not, the slower one costs at most {max(lost):.2f}x" if lost else ""))
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # e.g. runs/, absent in a fresh clone
         Path(args.out).write_text(json.dumps(dict(min_group_keys=limits[0], min_saved_keys=limits[1], rows=rows), indent=2))
 
 

@@ -119,6 +119,7 @@ def main() -> None:
         summary.append(dict(path_tokens=W, keys=keys, in_place_ms=a, gathered_ms=b, speedup=b / a, rule_picks=picks))
         print(f"{W:>11} {keys:>6} {a:>12.2f} {b:>12.2f} {b / a:>8.2f}x  {threshold}: {picks}", flush=True)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # e.g. runs/, absent in a fresh clone
         Path(args.out).write_text(json.dumps(dict(paths=rows, summary=summary), indent=2))
 
 

@@ -128,6 +128,7 @@ def main() -> None:
         rows.append(row)
         print(line, flush=True)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # e.g. runs/, absent in a fresh clone
         Path(args.out).write_text(json.dumps(rows, indent=2))
 
 

@@ -374,7 +374,7 @@ def main() -> None:
     dec = llm.engine.runner.decoder
     res["graph_runner"] = dict(stats=dict(dec.stats), error=dec.error, fused_error=dec.fused_error,
                                buckets=sorted(dec.states)) if hasattr(dec, "states") else None
-    if dec is not None:
+    if res["graph_runner"] is not None:  # the Triton backend; the CPU cascade has no graphs to report
         print(f"graph runner: {dec.stats}; error: {dec.error}; fused step error: {dec.fused_error}", flush=True)
     save()
     try:

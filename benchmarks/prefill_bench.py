@@ -125,6 +125,7 @@ def main() -> None:
               f"{batch['packed_ms']:.1f} ms, one forward each {batch['one_by_one_ms']:.1f} ms "
               f"({batch['one_by_one_ms'] / batch['packed_ms']:.2f}x)", flush=True)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # e.g. runs/, absent in a fresh clone
         Path(args.out).write_text(json.dumps(dict(model=str(args.model or args.shape), device=args.device,
                                                   dtype=args.dtype, threads=args.threads, rows=rows, batch=batch),
                                              indent=2))

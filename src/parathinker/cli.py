@@ -8,7 +8,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .cliutil import add_dataclass_args, add_model_args, dataclass_from_args
+from .cliutil import (
+    FLAGS_DEST,
+    Parser,
+    add_dataclass_args,
+    add_model_args,
+    cli_message,
+    dataclass_from_args,
+    record_flags,
+)
 from .engine.decode.config import DecodeConfig
 from .engine.kv_cache import CacheConfig
 from .errors import ParaThinkerError
@@ -67,13 +75,6 @@ def _as_dict(o: Any) -> dict[str, Any]:
     return d
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with the CLI's one error format: ``parathinker: error: ...`` on one line, exit 2."""
-
-    def error(self, message: str) -> Any:  # argparse's own: the usage block, then "PROG: error: ..."
-        self.exit(2, f"parathinker: error: {message} (see `{self.prog} --help`)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="parathinker", description="Native parallel thinking for LLMs: run, train and evaluate ParaThinker models."
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in (register_train, register_eval, register_task, register_serve):
         register(sub)
+    record_flags(parser)
     return parser
 
 
@@ -103,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ParaThinkerError as e:
-        print(f"parathinker: error: {e}", file=sys.stderr)
+        print(f"parathinker: error: {cli_message(str(e), getattr(args, FLAGS_DEST, {}))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("parathinker: interrupted", file=sys.stderr)

@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one error format: ``parathinker: error: ...`` on one line, exit 2."""
+
+    def error(self, message: str) -> Any:  # argparse's own: the usage block, then "PROG: error: ..."
+        self.exit(2, f"parathinker: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _flag(f: dataclasses.Field) -> str:
@@ -102,3 +110,30 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     g.add_argument("--threads", default="auto", type=parse_threads,
                    help="torch CPU threads: a number, or auto (1 for models under 20M parameters, else torch's)")
+
+
+FLAGS_DEST = "_option_flags"  # per (sub)command: option dest -> its flag, for cli_message
+
+
+def record_flags(parser: argparse.ArgumentParser) -> None:
+    """Let each (sub)command's parsed namespace carry its options' dest -> flag map (``cli_message``)."""
+    flags = {}
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub in {id(p): p for p in a.choices.values()}.values():
+                record_flags(sub)
+        long = [s for s in a.option_strings if s.startswith("--")]
+        if long and a.dest != "help":
+            flags[a.dest] = long[0]
+    parser.set_defaults(**{FLAGS_DEST: flags})
+
+
+def cli_message(message: str, flags: dict[str, str]) -> str:
+    """A library error as a command-line user reads it: the library names parameters as Python and
+    the HTTP API do (``max_path_tokens``, ``num_paths=9``); the CLI names them by their options
+    (``--max-path-tokens``, ``--paths 9``). ``flags``: the command's dest -> flag map (``record_flags``)."""
+    for name, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
+        message = re.sub(rf"(?<![\w./-]){re.escape(name)}=(?=[^\s=])", f"{flag} ", message)
+        if "_" in name:
+            message = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w/=-])", flag, message)
+    return message

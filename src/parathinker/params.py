@@ -142,7 +142,8 @@ class ParallelParams:
                     f"termination must be first, half, last or a number of paths, got {self.termination!r}"
                 ) from None
             if not 1 <= k <= self.num_paths:
-                raise ConfigError(f"termination k={k} must be within 1..num_paths ({self.num_paths})")
+                raise ConfigError(f"termination={k} needs {k} finished paths, more than num_paths={self.num_paths}: "
+                                  f"give a number from 1 to {self.num_paths}, or first, half or last")
 
     @property
     def finish_quorum(self) -> int:

@@ -99,7 +99,7 @@ class ControlTokens:
             raise TokenizerError(
                 f"{source} has no ParaThinker control tokens (<think1>..</thinkN>, <summary>, </summary>); "
                 "run `parathinker prepare --model BASE --output OUT` to add them, "
-                "or use --mode sequential/majority, which need none"
+                "or use mode=sequential or mode=majority, which need none"
             )
         extra = tuple(vocab[t] for t in ("<vllm_pad>",) if t in vocab)
         return cls(
@@ -132,14 +132,17 @@ def load_tokenizer(path: str | Path) -> Any:
     (e.g. Qwen2Tokenizer) and rebuilds a generic ``tokenizer.json`` (word-level, say) with it;
     a tokenizer saved as a generic fast tokenizer is therefore loaded as one.
     """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
     path = Path(path)
     try:
         cfg_file = path / "tokenizer_config.json"
         cls = json.loads(cfg_file.read_text()).get("tokenizer_class") if cfg_file.is_file() else None
         if cls in _GENERIC_FAST and (path / "tokenizer.json").is_file():
+            # not AutoTokenizer here: importing it imports every model class (~0.3 s of a CLI start)
+            from transformers import PreTrainedTokenizerFast
+
             return PreTrainedTokenizerFast.from_pretrained(str(path))
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # transformers raises OSError/ValueError/... for missing or broken files
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -137,3 +137,21 @@ def test_pages_handed_out_as_a_sorted_free_list_would():
         pool.admit(0, pool.num_free)
         assert pool.num_free == len(free) and pool.free_pages() == sorted(free)
     assert compactions  # stale entries were dropped along the way
+
+
+def test_a_grown_pool_hands_out_its_new_pages_by_block_and_one_by_one():
+    pool = PagePool(num_pages=4, page_size=2, max_pages=12)
+    pool.admit(1, 3)
+    run = pool.new_run()
+    pool.extend(run, 6, 1)  # all 3 usable pages
+    assert pool.num_free == 0 and pool.free_pages() == []
+    pool.grow(12)
+    assert pool.num_free == 8 and pool.num_unreserved == 8 and pool.free_pages() == list(range(4, 12))
+    pool.admit(2, 8)
+    assert pool.take_block(5, 2) == [4, 5, 6, 7, 8]  # the new pages are free in the flags too
+    other = pool.new_run()
+    pool.extend(other, 6, 2)  # 3 pages one by one: the rest of the new ones, never a page in use
+    assert sorted(other.pages) == [9, 10, 11] and pool.num_free == 0
+    for r in (run, other):
+        pool.release(r)
+    assert pool.num_free == 6 and set(pool.free_pages()) == {1, 2, 3, 9, 10, 11}

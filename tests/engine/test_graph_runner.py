@@ -118,3 +118,35 @@ def test_static_path_generation_with_split_shared_prompts(tiny_llama, monkeypatc
             assert max(abs(u - v) for u, v in zip(p.logprobs, q.logprobs)) <= 1e-4
     st = tri.engine.runner.decoder.states[16]
     assert st.caps.shared_lists >= 6 and st.caps.shared_rows == 2
+
+
+@pytest.mark.slow
+@needs_cpu
+def test_static_path_reads_a_pool_grown_mid_run(tiny_qwen2, monkeypatch):
+    """A growable pool (CPU, no budget) that grows while a request decodes: the Triton path's buffers and
+    page tables follow the new tensor (set_cache) and both requests get their fixed-pool tokens."""
+    from parathinker.engine import kv_cache
+    from parathinker.engine.sequence import RequestSpec
+
+    specs = [RequestSpec([5, 6, 7], ParallelParams(num_paths=2, max_path_tokens=6, summary_max_tokens=3),
+                         SamplingParams(temperature=0.0), [30]),
+             RequestSpec([9, 8, 7, 6], ParallelParams(num_paths=3, max_path_tokens=8, summary_max_tokens=3),
+                         SamplingParams(temperature=1.0, seed=2), [30])]
+    fixed = LLM(tiny_qwen2, cache=CacheConfig(num_pages=64, page_size=4), decode=DecodeConfig(attention="triton"))
+    alone = [[s.body for s in (*r.seqs, r.summary)] for r in (fixed.engine.run([sp])[0] for sp in specs)]
+    monkeypatch.setattr(kv_cache, "CPU_POOL_INITIAL_PAGES", 2)
+    llm = LLM(tiny_qwen2, cache=CacheConfig(page_size=4), decode=DecodeConfig(attention="triton"))
+    eng = llm.engine
+    ids, out, k = [eng.add_request(specs[0])], {}, 0
+    while eng.has_unfinished() or k < 3:
+        if k == 2:
+            pages = eng.pool.num_pages
+            ids.append(eng.add_request(specs[1]))
+        for d in eng.step():
+            if d.finished:
+                out[d.request_id] = d.output
+        if k == 2:
+            assert eng.pool.num_pages > pages and eng.num_running == 2  # grew with the first one running
+        k += 1
+    got = [[p.token_ids for p in o.paths] + [o.summary.token_ids] for o in (out[i] for i in ids)]
+    assert got == alone

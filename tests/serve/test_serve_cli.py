@@ -19,9 +19,9 @@ from parathinker.cli import main
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--port", "70000"], "port must be in 0..65535"),
-    (["--max-waiting", "0"], "max_waiting must be >= 1"),
-    (["--api-key", ""], "api_key is empty"),
-    (["--page-size", "0"], "page_size must be >= 1"),
+    (["--max-waiting", "0"], "--max-waiting must be >= 1"),
+    (["--api-key", ""], "--api-key is empty"),
+    (["--page-size", "0"], "--page-size must be >= 1"),
     (["--model", "/nonexistent/dir"], "no such model directory"),
     (["--attention", "bogus"], "attention must be auto, triton, cascade or reference"),
 ])

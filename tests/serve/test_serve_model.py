@@ -136,22 +136,32 @@ def test_completions_endpoint_raw_prompt(served, ref: LLM, problems: list) -> No
     assert r.choices[0].text == e.summary.text
 
 
-@pytest.mark.parametrize(("body", "param", "code"), [
-    ({"extra_body": {"num_paths": 0}}, "num_paths", "invalid_value"),
-    ({"extra_body": {"num_paths": 9}}, "num_paths", "invalid_value"),  # the checkpoint has <think1>..<think8>
-    ({"temperature": -1}, "temperature", "invalid_value"),
-    ({"messages": []}, "messages", "invalid_value"),
-    ({"messages": [{"role": "user", "content": "10 > 11 , " * 600}]}, "messages", "context_length_exceeded"),
-    ({"extra_body": {"max_path_tokens": 4000}}, "messages", "context_length_exceeded"),
+REQUEST_FLAGS = ("--paths", "--termination", "--max-path-tokens", "--summary-max-tokens", "--mode", "--temperature",
+                 "--top-p", "--kv-cache-memory")
+
+
+@pytest.mark.parametrize(("body", "param", "code", "says"), [
+    ({"extra_body": {"num_paths": 0}}, "num_paths", "invalid_value", "num_paths must be >= 1"),
+    ({"extra_body": {"num_paths": 9}}, "num_paths", "invalid_value", "num_paths=9 but"),  # <think1>..<think8>
+    ({"extra_body": {"num_paths": 4, "termination": 5}}, "termination", "invalid_value",
+     "termination=5 needs 5 finished paths, more than num_paths=4"),
+    ({"temperature": -1}, "temperature", "invalid_value", "temperature must be >= 0"),
+    ({"messages": []}, "messages", "invalid_value", ""),
+    ({"messages": [{"role": "user", "content": "10 > 11 , " * 600}]}, "messages", "context_length_exceeded",
+     "the model's context is 2048"),
+    ({"extra_body": {"max_path_tokens": 4000}}, "messages", "context_length_exceeded",
+     "lower max_path_tokens / summary_max_tokens"),
 ])
-def test_bad_requests_are_400(served, body: dict, param: str, code: str) -> None:  # noqa: ANN001
+def test_bad_requests_are_400(served, body: dict, param: str, code: str, says: str) -> None:  # noqa: ANN001
+    """One line that names what an HTTP client can change (its fields), never a command-line flag."""
     server, _ = served
     kw = {"model": MODEL, "messages": [{"role": "user", "content": "graph : 10 > 11 ; find path 10 to 11"}], **body}
     with pytest.raises(openai.BadRequestError) as e:
         client(server).chat.completions.create(**kw)
     err = e.value.body
     assert set(err) == {"message", "type", "param", "code"} and err["param"] == param and err["code"] == code
-    assert "\n" not in err["message"]
+    assert "\n" not in err["message"] and says in err["message"], err["message"]
+    assert not any(flag in err["message"] for flag in REQUEST_FLAGS), err["message"]
 
 
 def test_unknown_model_is_404(served) -> None:  # noqa: ANN001

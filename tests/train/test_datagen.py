@@ -259,3 +259,19 @@ def test_pathfind_problems_are_graded_by_the_task(tmp_path):
     records, errors = check_file(cfg.out)
     assert errors == [] and [r.prompt for r in records] == [r["prompt"] for r in recs[:2]]
     assert records[0].summary.endswith(boxed(recs[0]["answer"]))
+
+
+def test_cli_nothing_kept_is_an_error_line(tmp_path, capsys):
+    """Every problem dropped: exit 1 and the CLI's one error format (`parathinker: error: ...`)."""
+    from parathinker.cli import main
+
+    stub = Stub([c for c in cases() if c.pid == "allwrong"])
+    url = stub.start()
+    try:
+        rc = main(["data", "generate", "--base-url", url, "--problems", str(write_problems(tmp_path / "p.jsonl", stub.cases)),
+                   "--model", MODEL, "--out", str(tmp_path / "o.jsonl"), "--paths", str(P), "--grade-workers", "0"])
+    finally:
+        stub.stop()
+    err = capsys.readouterr().err
+    assert rc == 1 and err.strip().splitlines()[-1] == "parathinker: error: no problem was kept (see the table for why)"
+    assert "\r" not in err  # no progress bar outside a terminal

@@ -176,6 +176,8 @@ def test_cli_resume_of_a_finished_run_says_so_and_sigint_says_interrupted(prepar
     done = subprocess.run([*base, "--output", str(tmp_path / "a"), "--max-steps", "2", "--save-steps", "2"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
+    # stderr is not a terminal here (a log): no carriage-return bar, one line per logged step
+    assert "\r" not in done.stderr and "step 2/2: loss" in done.stderr, done.stderr[-2000:]
     weights = (tmp_path / "a" / "model.safetensors").read_bytes()
     again = subprocess.run([*base, "--output", str(tmp_path / "a"), "--max-steps", "2", "--save-steps", "2",
                             "--resume"], capture_output=True, text=True, timeout=300, env=env)

@@ -18,5 +18,5 @@ SEQUENTIAL_MODEL = Path(__file__).parent / "sequential"
 def default_model_dir() -> Path:
     """Directory of the bundled ParaThinker checkpoint."""
     if not (DEFAULT_MODEL / "config.json").is_file():
-        raise CheckpointError("this install has no bundled default model: pass --model DIR (a HF checkpoint directory)")
+        raise CheckpointError("this install has no bundled default model: give model=DIR (a Hugging Face checkpoint directory)")
     return DEFAULT_MODEL

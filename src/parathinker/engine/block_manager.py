@@ -45,10 +45,12 @@ class Run:
 class PagePool:
     """Free list + per-request reservations over ``num_pages`` pages."""
 
-    def __init__(self, num_pages: int, page_size: int):
+    def __init__(self, num_pages: int, page_size: int, max_pages: int | None = None):
+        """``max_pages``: what the pool may grow to (``grow``); None: it stays at ``num_pages``."""
         if num_pages < 2:
             raise OutOfPagesError(f"the KV pool needs at least 2 pages, got {num_pages}: raise the KV memory budget")
         self.num_pages = num_pages
+        self.max_pages = max(num_pages, max_pages or num_pages)
         self.page_size = page_size
         # free pages: a stack (pop() hands out low ids first, then the most recently freed) and a flag per page.
         # ``take_block`` finds its block in the flags and leaves the block's stack entries behind as stale
@@ -63,6 +65,11 @@ class PagePool:
     @property
     def usable_pages(self) -> int:
         return self.num_pages - 1
+
+    @property
+    def num_in_use(self) -> int:
+        """Pages held by runs or reserved for running requests."""
+        return self.usable_pages - self.num_unreserved
 
     @property
     def num_free(self) -> int:
@@ -83,12 +90,25 @@ class PagePool:
         return pages <= self.num_unreserved
 
     def check_fits(self, pages: int) -> None:
-        """Raise if a request of ``pages`` could never fit, even in an empty pool."""
-        if pages > self.usable_pages:
+        """Raise if a request of ``pages`` could never fit, even in an empty pool grown to its limit."""
+        if pages > self.max_pages - 1:
+            fixed = self.max_pages == self.num_pages
             raise OutOfPagesError(
-                f"a request needs up to {pages} KV pages but the pool has {self.usable_pages}: "
-                "raise the KV memory budget (--kv-cache-memory) or lower the token budgets"
+                f"a request needs up to {pages} KV pages of {self.page_size} tokens but the pool "
+                + (f"has {self.max_pages - 1}: raise kv_cache_memory (GiB) or lower the "
+                   if fixed else f"can grow to {self.max_pages - 1} (half of the free memory): lower the ")
+                + "token budgets (max_path_tokens, summary_max_tokens) or the number of paths"
             )
+
+    def grow(self, num_pages: int) -> None:
+        """Add pages ``self.num_pages .. num_pages - 1`` (the KV tensor was enlarged to match); handed out last."""
+        if not self.num_pages < num_pages <= self.max_pages:
+            raise ValueError(f"cannot grow a pool of {self.num_pages} pages to {num_pages} (limit {self.max_pages})")
+        added = num_pages - self.num_pages
+        self._free[:0] = range(num_pages - 1, self.num_pages - 1, -1)  # pop() takes from the end: low ids first
+        self._is_free.extend(b"\x01" * added)
+        self._num_free += added
+        self.num_pages = num_pages
 
     def admit(self, request_id: int, pages: int) -> None:
         """Reserve ``pages`` for a request (it must fit now: see ``can_admit``)."""

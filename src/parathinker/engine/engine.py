@@ -23,7 +23,7 @@ from .block_manager import PagePool
 from .decode.config import DecodeConfig
 from .detok import Decode, IncrementalDetokenizer
 from .draws import Draws
-from .kv_cache import CacheConfig
+from .kv_cache import GROWTH, CacheConfig
 from .outputs import RequestDelta, build_output, join_summary
 from .runner import ModelRunner
 from .scheduler import Scheduler
@@ -50,7 +50,7 @@ class Engine:
         self.model = model
         self.eos_ids = tuple(eos_ids)
         self.runner = ModelRunner(model, cache, decode)
-        self.pool = PagePool(self.runner.kv.num_pages, cache.page_size)
+        self.pool = PagePool(self.runner.kv.num_pages, cache.page_size, self.runner.kv.max_pages)
         cfg = model.config
         self.scheduler = Scheduler(self.pool, control, self.eos_ids, cfg.max_position_embeddings, cfg.max_segments,
                                    self.runner.decoder.side_by_side_paths)
@@ -120,6 +120,7 @@ class Engine:
         sched = self.scheduler
         admitted: list[Request] = []
         try:
+            self._fit_pool()
             admitted = sched.admit()  # schedule
             # run: their prompts and the running sequences' multi-token chunks (a summary's forced opening)
             # in one packed forward, before the step's one-token rows
@@ -232,6 +233,25 @@ class Engine:
         for req in [r for r in sched.running if r.id in aborts]:
             sched.running.remove(req)
             self._drop(req, "aborted")
+
+    def _fit_pool(self) -> None:
+        """A growable KV pool (CPU, no budget given) grows before admission when the queue needs more pages:
+        for all waiting requests up to ``kv.queue_pages``; for the first one alone, with nothing running
+        (``check`` passed it), up to ``kv.max_pages``. Otherwise requests wait for pages, as with a fixed pool."""
+        kv, pool, sched = self.runner.kv, self.pool, self.scheduler
+        if not kv.growable or not sched.waiting or self.draws.inflight is not None:
+            return
+        needs = [r.need for r in sched.waiting]
+        if pool.can_admit(sum(needs)):
+            return
+        in_use = pool.num_in_use
+        # page counts below include the null page, as kv.num_pages does
+        limit = kv.queue_pages if sched.running else max(kv.queue_pages, in_use + needs[0] + 1)
+        target = min(in_use + sum(needs) + 1, limit)
+        if target > pool.num_pages:
+            pages = min(max(target, int(pool.num_pages * GROWTH)), limit, kv.max_pages)
+            self.runner.grow_kv(pages)
+            pool.grow(pages)
 
     def _drop(self, req: Request, phase: str) -> None:
         self.scheduler.free(req)

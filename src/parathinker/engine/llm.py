@@ -61,7 +61,7 @@ class LLM:
         path = resolve_model_path(model)
         self.path = path
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+            raise ConfigError(f"device {device!r} requested but CUDA is not available here; use device=cpu")
         self.model = load_model(path, dtype=dtype, device=device)
         _set_threads(threads, self.model)
         self.tokenizer = load_tokenizer(path)

@@ -35,6 +35,10 @@ class ModelRunner:
         # multi-token chunks through SDPA's causal modes (off: the explicit-mask reference, the tests' oracle)
         self.causal_prefill = not decode.reference_prefill
 
+    def grow_kv(self, num_pages: int) -> None:
+        """Enlarge the KV pool (its pages keep their slots and contents); the decode backend reads the new tensor."""
+        self.decoder.set_cache(self.kv.grow(num_pages), num_pages)
+
     @property
     def fused(self) -> FusedDecoder | None:
         """The fused decode forward, if the backend has one."""

@@ -48,7 +48,7 @@ class Scheduler:
             if self.control is None:
                 raise TokenizerError(
                     "this tokenizer has no ParaThinker control tokens: run `parathinker prepare` on the model, "
-                    "or use --mode sequential/majority"
+                    "or use mode=sequential or mode=majority"
                 )
             if pp.num_paths > self.control.max_paths:
                 raise ConfigError(
@@ -77,7 +77,7 @@ class Scheduler:
         if last > ctx:
             raise PromptTooLongError(
                 f"prompt ({L}) + budgets reach position {last}, past the model's context of {ctx}: "
-                "lower --max-path-tokens / --summary-max-tokens"
+                "lower max_path_tokens / summary_max_tokens"
             )
         self.pool.check_fits(pages)
         return pages

@@ -18,7 +18,7 @@ from ..prompting import PromptStyle
 from .benchmarks import BENCHMARK_NAMES, PATHFIND, benchmark_label, load_benchmark, parse_benchmark_list
 from .report import build_report
 from .runner import GenerateLLM, run_eval
-from .settings import METHODS, EvalSettings, RunPlan, parse_int_list, parse_shard
+from .settings import METHODS, EvalSettings, RunPlan, check_termination, parse_int_list, parse_shard
 from .tunnel import run_tunnel_vision
 
 
@@ -146,6 +146,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     plan = plan_from_args(args, labels)
     # over HTTP the server applies its checkpoint's defaults to what is not typed
     settings = settings_from_args(args, None if remote is not None else checkpoint_style(args.model))
+    check_termination(plan, settings)  # before the model loads (preflight checks the rest against it)
     problems = {lab: load_benchmark(spec, args.data_dir) for lab, spec in zip(labels, specs)}
     if remote is not None:
         remote.check_plan(plan.cells())

@@ -28,7 +28,7 @@ from ..params import ParallelParams, SamplingParams
 from .benchmarks import Problem
 from .grading import Extraction, extract_answer, majority_vote
 from .runlog import AppendLog, Record, read_logs
-from .settings import EvalSettings, RunPlan, check_run_settings
+from .settings import EvalSettings, RunPlan, check_run_settings, check_termination
 
 SEED_STRIDE = 10007  # > any batch size (RunPlan enforces it)
 
@@ -199,6 +199,7 @@ def preflight(llm: GenerateLLM, problems: dict[str, list[Problem]], plan: RunPla
     """Fail before the first sample, not after hours: every method x P (and its budgets) is checked
     against the model (control tokens, paths, context, KV pages) with each benchmark's longest prompt,
     when the LLM can check requests (``LLM.check``); without it, the params are still validated."""
+    check_termination(plan, settings)
     check = getattr(llm, "check", None)
     encode = getattr(llm, "encode_prompt", None)
     longest: list[Any] = []
@@ -216,8 +217,10 @@ def preflight(llm: GenerateLLM, problems: dict[str, list[Problem]], plan: RunPla
             try:
                 check(prompt, pp, settings.sampling(settings.seed))  # type: ignore[misc]
             except ParaThinkerError as e:
-                hint = " (in eval: --method sequential,majority)" if isinstance(e, TokenizerError) else ""
-                raise type(e)(f"--method {method} --paths {p}: {e}{hint}") from None
+                msg = str(e)
+                if isinstance(e, TokenizerError):  # the engine's advice in eval's terms
+                    msg = msg.replace("use mode=sequential or mode=majority", "run --method sequential,majority")
+                raise type(e)(f"--method {method} --paths {p}: {msg}") from None
 
 
 def _drive(

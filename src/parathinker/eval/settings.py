@@ -155,6 +155,24 @@ class RunPlan:
         return "samples.jsonl" if n == 1 else f"samples.shard{i}of{n}.jsonl"
 
 
+def check_termination(plan: RunPlan, settings: EvalSettings) -> None:
+    """``--termination k`` waits for k finished paths: every P of ``--paths`` that a method thinking in
+    parallel runs at must have at least k, checked before the model is loaded or a sample is drawn."""
+    try:
+        k = int(settings.termination)
+    except ValueError:
+        return  # first / half / last fit any P; other words fail in ParallelParams
+    uses = [m for m in plan.methods if METHOD_MODES[m] in ("parathinker", "reprefill")]
+    if plan.vote:
+        uses.append(vote_method(plan.vote))
+    small = sorted({p for p in plan.paths if p < k})
+    if uses and small:
+        raise ConfigError(
+            f"--termination {k} needs {k} finished paths, but --paths has P={', '.join(map(str, small))} "
+            f"(for --method {','.join(uses)}): lower --termination or drop those P from --paths"
+        )
+
+
 def parse_int_list(text: str, what: str) -> tuple[int, ...]:
     """``"1,2,4"`` -> ``(1, 2, 4)`` with a ConfigError naming the option on bad input."""
     try:

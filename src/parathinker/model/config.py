@@ -18,7 +18,7 @@ def read_config_json(model_dir: str | Path) -> dict[str, Any]:
     model_dir = Path(model_dir)
     cfg_file = model_dir / "config.json"
     if not model_dir.is_dir():
-        raise CheckpointError(f"{model_dir}: no such model directory (pass --model DIR with a HF checkpoint)")
+        raise CheckpointError(f"{model_dir}: no such model directory (give model=DIR, a Hugging Face checkpoint directory)")
     if not cfg_file.is_file():
         raise CheckpointError(f"{model_dir}: not a Hugging Face checkpoint (no config.json)")
     try:

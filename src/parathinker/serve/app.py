@@ -52,7 +52,9 @@ def bad_request(message: str, param: str | None = None, code: str = "invalid_val
 
 
 def _param_of(message: str, names: tuple[str, ...]) -> str | None:
-    return next((n for n in names if message.startswith(n) or f" {n}" in message.split(":")[0]), None)
+    """The field a message is about: the one it starts with, else the first it names before its colon."""
+    return next((n for n in names if message.startswith(n)), None) or next(
+        (n for n in names if f" {n}" in message.split(":")[0]), None)
 
 
 def engine_error(e: ParaThinkerError) -> ApiError:

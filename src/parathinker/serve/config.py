@@ -49,7 +49,7 @@ class ServeConfig:
         if self.shutdown_timeout_s < 0:
             raise ConfigError(f"shutdown_timeout_s must be >= 0 seconds, got {self.shutdown_timeout_s}")
         if self.api_key == "":
-            raise ConfigError("api_key is empty: pass a non-empty --api-key or leave it out")
+            raise ConfigError("api_key is empty: give a non-empty key or leave it out")
         levels = ("critical", "error", "warning", "info", "debug", "trace")
         if self.log_level not in levels:
             raise ConfigError(f"log_level must be one of {', '.join(levels)}, got {self.log_level!r}")

@@ -8,7 +8,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from ..cliutil import add_dataclass_args, dataclass_from_args
+from ..cliutil import FLAGS_DEST, Parser, add_dataclass_args, cli_message, dataclass_from_args, record_flags
 from ..errors import ParaThinkerError
 from .collate import PackConfig
 from .config import TrainConfig
@@ -57,8 +57,8 @@ def register(subparsers) -> None:  # noqa: ANN001 - argparse's private _SubParse
     t.set_defaults(func=_train)
 
 
-def _fail(e: Exception) -> int:
-    print(f"parathinker: error: {e}", file=sys.stderr)
+def _fail(e: Exception, args: argparse.Namespace) -> int:
+    print(f"parathinker: error: {cli_message(str(e), getattr(args, FLAGS_DEST, {}))}", file=sys.stderr)
     return 2
 
 
@@ -69,7 +69,7 @@ def _prepare(args: argparse.Namespace) -> int:
         r = prepare(args.model, args.output, num_paths=args.num_paths, max_segments=args.max_segments,
                     seg_init_std=args.seg_init_std, seed=args.seed)
     except ParaThinkerError as e:
-        return _fail(e)
+        return _fail(e, args)
     added = f"added {len(r.added_tokens)} control tokens" if r.added_tokens else "control tokens already present"
     print(f"{r.output_dir}: {added}; embedding rows {r.vocab_rows[0]} -> {r.vocab_rows[1]}; "
           f"thought embeddings [{r.max_segments}, head_dim] ({r.seg_source})")
@@ -95,7 +95,7 @@ def _data_check(args: argparse.Namespace) -> int:
                 max_paths = ControlTokens.from_tokenizer(tok).max_paths
         records, errors = check_file(args.file, max_paths)
     except ParaThinkerError as e:
-        return _fail(e)
+        return _fail(e, args)
     for e in errors:
         print(e)
     n_paths = [len(r.paths) for r in records]
@@ -128,7 +128,7 @@ def _data_generate(args: argparse.Namespace) -> int:
         cfg = dataclass_from_args(DataGenConfig, args)
         stats, man = generate(cfg)
     except ParaThinkerError as e:
-        return _fail(e)
+        return _fail(e, args)
     stats.render()
     print(f"{cfg.out}: {man['written']} examples; raw log {cfg.log_path}; manifest {cfg.manifest_path}")
     failed = stats.dropped.get("request failed", 0) + stats.dropped.get("summary request failed", 0)
@@ -136,7 +136,7 @@ def _data_generate(args: argparse.Namespace) -> int:
         print(f"{failed} problem(s) lost a request after all retries; rerun the same command to ask again",
               file=sys.stderr)
     if man["written"] == 0:
-        print("error: no problem was kept (see the table for why)", file=sys.stderr)
+        print("parathinker: error: no problem was kept (see the table for why)", file=sys.stderr)
         return 1
     return 0
 
@@ -155,7 +155,7 @@ def _train(args: argparse.Namespace) -> int:
             return 0
         out = train(args.model, args.data, args.output, cfg, pack, resume=args.resume)
     except ParaThinkerError as e:
-        return _fail(e)
+        return _fail(e, args)
     except KeyboardInterrupt:
         print(f"parathinker: interrupted; continue with the same command plus --resume "
               f"(checkpoints in {args.output})", file=sys.stderr)
@@ -166,8 +166,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (``python -m parathinker.train.cli``), for torchrun and tests."""
-    parser = argparse.ArgumentParser(prog="parathinker")
+    parser = Parser(prog="parathinker")
     register(parser.add_subparsers(dest="command", required=True))
+    record_flags(parser)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -108,7 +108,8 @@ class Generator:
         if self.cfg.grade_workers:
             self._executor = ProcessPoolExecutor(self.cfg.grade_workers, mp_context=multiprocessing.get_context("spawn"))
         gate = asyncio.Semaphore(self.cfg.concurrency)
-        bar = tqdm(total=len(self.problems), unit="problem", desc="data generate", disable=not progress, smoothing=0.05)
+        bar = tqdm(total=len(self.problems), unit="problem", desc="data generate", smoothing=0.05,
+               disable=None if progress else True)  # None: no bar when stderr is not a terminal (a log)
 
         async def one(p: SourceProblem) -> None:
             async with gate:

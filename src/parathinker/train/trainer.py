@@ -24,12 +24,14 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -222,11 +224,19 @@ class StopAtStep(TrainerCallback):
 
 
 class LossBar(ProgressCallback):
-    """Trainer's progress bar (steps, ETA) with the latest loss and lr as its postfix."""
+    """Trainer's progress bar (steps, ETA) with the latest loss and lr; outside a terminal one line per log."""
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        if sys.stderr.isatty():
+            return super().on_train_begin(args, state, control, **kwargs)
+        self.training_bar, self.current_step = tqdm(total=state.max_steps, disable=True), 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
         if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
-            self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs.get('learning_rate', 0):.2e}")
+            loss, lr = f"{logs['loss']:.4f}", f"{logs.get('learning_rate', 0):.2e}"
+            if self.training_bar.disable:
+                print(f"step {state.global_step}/{state.max_steps}: loss {loss}, lr {lr}", file=sys.stderr, flush=True)
+            self.training_bar.set_postfix(loss=loss, lr=lr)
         elif logs and "train_runtime" in logs and state.is_world_process_zero:
             super().on_log(args, state, control, logs=logs, **kwargs)
 

@@ -13,6 +13,7 @@ property, never a backend's name.
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 import torch
@@ -41,6 +42,10 @@ class DecodeBackend(Protocol):
         """(..., V) float32 logits of final hidden states: the fused step's LM head when there is one."""
         ...
 
+    def set_cache(self, cache: torch.Tensor, num_pages: int) -> None:
+        """Read and write the KV pool ``cache`` of ``num_pages`` pages from now on (the pool grew)."""
+        ...
+
 
 class ReferenceDecode:
     """Decode steps through the explicit-mask reference backend (``--attention reference``)."""
@@ -65,6 +70,9 @@ class ReferenceDecode:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.logits(hidden)
+
+    def set_cache(self, cache: torch.Tensor, num_pages: int) -> None:
+        self.cache = cache
 
 
 class CascadeDecode:
@@ -92,6 +100,9 @@ class CascadeDecode:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._head.logits(hidden)
 
+    def set_cache(self, cache: torch.Tensor, num_pages: int) -> None:
+        self.cache = cache
+
 
 def build_decode_backend(model: ParaThinkerForCausalLM, cache: torch.Tensor, page_size: int, num_pages: int,
                          config: DecodeConfig) -> DecodeBackend:
@@ -102,7 +113,10 @@ def build_decode_backend(model: ParaThinkerForCausalLM, cache: torch.Tensor, pag
     if name == "auto":
         name = "triton" if dev.type == "cuda" and _triton_available() else "cascade"
     if name == "triton" and not _triton_available():
-        raise ConfigError("--attention triton needs the triton package (pip install triton)")
+        raise ConfigError("attention=triton needs the triton package (pip install triton)")
+    if name == "triton" and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError("attention=triton runs on CUDA (on the CPU only in Triton's interpreter, TRITON_INTERPRET=1: "
+                          "tests); on the CPU use attention=cascade")
     if name == "reference":
         return ReferenceDecode(model, cache)
     fused = None

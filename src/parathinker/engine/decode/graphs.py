@@ -199,6 +199,15 @@ class DecodeGraphs:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._head.logits(hidden)
 
+    def set_cache(self, cache: torch.Tensor, num_pages: int) -> None:
+        """A new (grown) pool: buffers sized to the new page count and graphs captured over it, as needed."""
+        for st in self.states.values():
+            if st.graph is not None:
+                st.graph.reset()
+        self.states = {}
+        self.cache, self.max_pages = cache, num_pages
+        self.min_pages = min(self.max_pages, -(-MIN_TOKENS // self.page_size))
+
     def decode(self, chunks: list[Chunk], feed: Feed | None = None) -> torch.Tensor:
         """Logits (len(chunks), V) of one decode step (valid until the next decode step); ``feed``: see ``plan.Feed``."""
         plan = Plan.from_chunks(chunks, self.max_q)

@@ -23,13 +23,6 @@ import torch.nn.functional as F
 
 from ..attention.base import write_kv
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:
-    triton = None
-    tl = None
-
 
 # ---------------------------------------------------------------- torch twins (CPU, and the oracle)
 def add_rmsnorm_torch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
@@ -79,107 +72,11 @@ def silu_mul_torch(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-# ---------------------------------------------------------------- Triton
-if triton is not None:
+def _tk():  # noqa: ANN202 - the module
+    """The Triton kernels, imported on first use: a CPU run never pays for importing Triton."""
+    from . import triton_kernels
 
-    @triton.jit
-    def _add_rmsnorm_kernel(X, R, W, OUT, ROUT, D, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        cols = tl.arange(0, BLOCK)
-        ok = cols < D
-        x = tl.load(X + row * D + cols, mask=ok, other=0.0)
-        if HAS_RES:
-            r = tl.load(R + row * D + cols, mask=ok, other=0.0)
-            x = (x.to(tl.float32) + r.to(tl.float32)).to(ROUT.dtype.element_ty)  # rounded like the model's add
-        tl.store(ROUT + row * D + cols, x, mask=ok)
-        xf = x.to(tl.float32)
-        rstd = tl.rsqrt(tl.sum(xf * xf, 0) / D + eps)
-        y = (xf * rstd).to(ROUT.dtype.element_ty)
-        w = tl.load(W + cols, mask=ok, other=0.0)
-        tl.store(OUT + row * D + cols, (w.to(tl.float32) * y.to(tl.float32)).to(OUT.dtype.element_ty), mask=ok)
-
-    @triton.jit
-    def _rope_write_kernel(QKV, COS, SIN, SEG, SEGT, QOUT, KC, VC, SLOTS,
-                           stride_qkv, stride_ks, stride_kh, stride_vs, stride_vh,
-                           H: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr, BLOCK: tl.constexpr,
-                           HAS_SEG: tl.constexpr):
-        b = tl.program_id(0).to(tl.int64)
-        h = tl.program_id(1)  # q heads 0..H-1, then kv heads
-        j = tl.arange(0, BLOCK)
-        ok = j < HALF
-        cos = tl.load(COS + b * HALF + j, mask=ok, other=0.0)
-        sin = tl.load(SIN + b * HALF + j, mask=ok, other=0.0)
-        row = QKV + b * stride_qkv
-        if h < H:
-            x1 = tl.load(row + h * 2 * HALF + j, mask=ok, other=0.0).to(tl.float32)
-            x2 = tl.load(row + h * 2 * HALF + HALF + j, mask=ok, other=0.0).to(tl.float32)
-            out = QOUT + (b * H + h) * 2 * HALF
-            tl.store(out + j, (x1 * cos - x2 * sin).to(QOUT.dtype.element_ty), mask=ok)
-            tl.store(out + HALF + j, (x2 * cos + x1 * sin).to(QOUT.dtype.element_ty), mask=ok)
-        else:
-            kh = h - H
-            k1 = tl.load(row + (H + kh) * 2 * HALF + j, mask=ok, other=0.0).to(tl.float32)
-            k2 = tl.load(row + (H + kh) * 2 * HALF + HALF + j, mask=ok, other=0.0).to(tl.float32)
-            v1 = tl.load(row + (H + KVH + kh) * 2 * HALF + j, mask=ok, other=0.0).to(tl.float32)
-            v2 = tl.load(row + (H + KVH + kh) * 2 * HALF + HALF + j, mask=ok, other=0.0).to(tl.float32)
-            if HAS_SEG:
-                s = tl.load(SEG + b).to(tl.int64)
-                t1 = tl.load(SEGT + s * 2 * HALF + j, mask=ok, other=0.0).to(tl.float32)
-                t2 = tl.load(SEGT + s * 2 * HALF + HALF + j, mask=ok, other=0.0).to(tl.float32)
-                k1, k2, v1, v2 = k1 + t1, k2 + t2, v1 + t1, v2 + t2
-            slot = tl.load(SLOTS + b).to(tl.int64)
-            kp = KC + slot * stride_ks + kh * stride_kh
-            vp = VC + slot * stride_vs + kh * stride_vh
-            tl.store(kp + j, (k1 * cos - k2 * sin).to(KC.dtype.element_ty), mask=ok)
-            tl.store(kp + HALF + j, (k2 * cos + k1 * sin).to(KC.dtype.element_ty), mask=ok)
-            tl.store(vp + j, v1.to(VC.dtype.element_ty), mask=ok)
-            tl.store(vp + HALF + j, v2.to(VC.dtype.element_ty), mask=ok)
-
-    @triton.jit
-    def _silu_mul_kernel(GU, OUT, N, BLOCK: tl.constexpr):  # N: the intermediate size
-        b = tl.program_id(0).to(tl.int64)
-        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        ok = cols < N
-        g = tl.load(GU + b * 2 * N + cols, mask=ok, other=0.0).to(tl.float32)
-        u = tl.load(GU + b * 2 * N + N + cols, mask=ok, other=0.0).to(tl.float32)
-        tl.store(OUT + b * N + cols, (g / (1.0 + tl.exp(-g)) * u).to(OUT.dtype.element_ty), mask=ok)
-
-    @triton.jit
-    def _merge_class(OUT_P, LSE, e, lo, hi, S, BQG, Q, KVH, kvh, g, d, m, den, acc, G: tl.constexpr, D: tl.constexpr,
-                     SB: tl.constexpr):
-        """Fold entry ``e`` of the class holding entries [lo, hi) into (m, den, acc): all its S splits at once."""
-        s = tl.arange(0, SB)
-        ev = e + s * 0  # the entry as a vector: vector masks only (Triton's interpreter rejects scalar & vector)
-        ok = (ev >= lo) & (ev < hi) & (s < S)
-        el = tl.where(ok, ev - lo, 0)  # (list, query slot) = (el // Q, el % Q) within the class
-        idx = (((el // Q) * KVH + kvh) * S + s) * BQG + (el % Q) * G + g  # (SB,)
-        lse = tl.load(LSE + idx, mask=ok, other=float("-inf"))
-        o = tl.load(OUT_P + idx[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)  # (SB, D)
-        m_new = tl.maximum(m, tl.max(lse, 0))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        a = tl.exp(m - m_safe)
-        w = tl.exp(lse - m_safe)  # (SB,); 0 for empty splits and masked lanes
-        return m_new, den * a + tl.sum(w, 0), acc * a + tl.sum(o * w[:, None], 0)
-
-    @triton.jit
-    def _merge_kernel(ENT, K, O0, L0, O1, L1, OUT, E0, SENT, KVH, S0, BQG0, Q0, S1, BQG1, Q1,
-                      G: tl.constexpr, D: tl.constexpr, SB0: tl.constexpr, SB1: tl.constexpr, HAS0: tl.constexpr):
-        r = tl.program_id(0).to(tl.int64)
-        h = tl.program_id(1)
-        kvh = h // G
-        g = h % G
-        d = tl.arange(0, D)
-        m = tl.full((1,), float("-inf"), tl.float32)  # (1,): loop-carried like the values it meets
-        den = tl.zeros((1,), tl.float32)
-        acc = tl.zeros((D,), tl.float32)
-        for k in range(K):  # the row's entries (a handful); each entry's splits are read in one vector load
-            e = tl.load(ENT + r * K + k)
-            # class 0: the shared lists, entries [0, E0); class 1: the single lists, [E0, SENT); SENT holds nothing
-            if HAS0:
-                m, den, acc = _merge_class(O0, L0, e, 0, E0, S0, BQG0, Q0, KVH, kvh, g, d, m, den, acc, G, D, SB0)
-            m, den, acc = _merge_class(O1, L1, e, E0, SENT, S1, BQG1, Q1, KVH, kvh, g, d, m, den, acc, G, D, SB1)
-        out = acc / tl.maximum(den, 1e-30)
-        tl.store(OUT + (r * (KVH * G) + h) * D + d, out.to(OUT.dtype.element_ty))
+    return triton_kernels
 
 
 # ---------------------------------------------------------------- entry points
@@ -191,8 +88,9 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
     B, D = x.shape
     out = torch.empty(B, D, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
     res = torch.empty_like(x)
-    _add_rmsnorm_kernel[(B,)](x, residual if residual is not None else x, weight, out, res, D, eps,
-                              HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(D))
+    tk = _tk()
+    tk._add_rmsnorm_kernel[(B,)](x, residual if residual is not None else x, weight, out, res, D, eps,
+                                 HAS_RES=residual is not None, BLOCK=tk.triton.next_power_of_2(D))
     return out, res
 
 
@@ -218,10 +116,11 @@ def rope_write(qkv: torch.Tensor, seg: torch.Tensor, seg_table: torch.Tensor | N
     cos, sin = tables
     q = torch.empty(B, heads, hd, dtype=qkv.dtype, device=qkv.device)
     kc, vc = kv[0], kv[1]
-    _rope_write_kernel[(B, heads + kv_heads)](
+    tk = _tk()
+    tk._rope_write_kernel[(B, heads + kv_heads)](
         qkv, cos, sin, seg, seg_table if seg_table is not None else cos, q, kc, vc, slots,
         qkv.stride(0), kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
-        H=heads, KVH=kv_heads, HALF=hd // 2, BLOCK=triton.next_power_of_2(hd // 2), HAS_SEG=seg_table is not None,
+        H=heads, KVH=kv_heads, HALF=hd // 2, BLOCK=tk.triton.next_power_of_2(hd // 2), HAS_SEG=seg_table is not None,
     )
     return q
 
@@ -233,7 +132,8 @@ def silu_mul(gate_up: torch.Tensor, use_triton: bool) -> torch.Tensor:
     B, I2 = gate_up.shape
     out = torch.empty(B, I2 // 2, dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
-    _silu_mul_kernel[(B, triton.cdiv(I2 // 2, block))](gate_up, out, I2 // 2, BLOCK=block)
+    tk = _tk()
+    tk._silu_mul_kernel[(B, tk.triton.cdiv(I2 // 2, block))](gate_up, out, I2 // 2, BLOCK=block)
     return out
 
 
@@ -248,8 +148,9 @@ def merge(parts: list[tuple[torch.Tensor, torch.Tensor, int]], row_entries: torc
     L1, KVH, S1, BQG1, D = o1.shape
     R, K = row_entries.shape
     out = torch.empty(R, KVH * G, D, dtype=dtype, device=o1.device)
-    _merge_kernel[(R, KVH * G)](
+    tk = _tk()
+    tk._merge_kernel[(R, KVH * G)](
         row_entries, K, o0, l0, o1, l1, out, e0, e0 + L1 * q1, KVH, s0, o0.shape[3], q0, S1, BQG1, q1, G=G, D=D,
-        SB0=triton.next_power_of_2(max(1, s0)), SB1=triton.next_power_of_2(S1), HAS0=len(parts) == 2,
+        SB0=tk.triton.next_power_of_2(max(1, s0)), SB1=tk.triton.next_power_of_2(S1), HAS0=len(parts) == 2,
     )
     return out

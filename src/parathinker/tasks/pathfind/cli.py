@@ -7,7 +7,7 @@ import json
 import random
 import sys
 
-from ...cliutil import add_dataclass_args
+from ...cliutil import FLAGS_DEST, Parser, add_dataclass_args, cli_message, record_flags
 from ...errors import ParaThinkerError
 from .data import DataConfig, check_predictions, make_data
 from .problem import GenConfig, generate, verify
@@ -118,12 +118,13 @@ def add_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parathinker.tasks.pathfind", description=__doc__)
+    parser = Parser(prog="python -m parathinker.tasks.pathfind", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_commands(sub)
+    record_flags(parser)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except ParaThinkerError as e:
-        print(f"parathinker: error: {e}", file=sys.stderr)
+        print(f"parathinker: error: {cli_message(str(e), getattr(args, FLAGS_DEST, {}))}", file=sys.stderr)
         return 2
