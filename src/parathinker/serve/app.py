@@ -24,48 +24,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ConfigError, OutOfPagesError, ParaThinkerError, PromptTooLongError
+from ..errors import ConfigError, ParaThinkerError
 from .choices import ChoiceState
 from .config import BUNDLED_MODEL_NAME, ServeConfig
 from .engine_thread import EngineDead, EngineThread, EngineUnavailable
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .protocol import ChatCompletionRequest, CommonFields, CompletionRequest, error_json
+from .protocol import (
+    PARALLEL_FIELDS,
+    SAMPLING_FIELDS,
+    ApiError,
+    ChatCompletionRequest,
+    CommonFields,
+    CompletionRequest,
+    bad_request,
+    engine_error,
+    param_of,
+)
 from .sse import CallStream, ClientGone, EngineFailed
 
 log = logging.getLogger("parathinker.serve")
-
-PARALLEL_FIELDS = ("num_paths", "termination", "max_path_tokens", "summary_max_tokens", "mode")
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "seed")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(error_json(self.message, self.type, self.code, self.param), status_code=self.status)
-
-
-def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
-    return ApiError(400, message, "invalid_request_error", code, param)
-
-
-def _param_of(message: str, names: tuple[str, ...]) -> str | None:
-    """The field a message is about: the one it starts with, else the first it names before its colon."""
-    return next((n for n in names if message.startswith(n)), None) or next(
-        (n for n in names if f" {n}" in message.split(":")[0]), None)
-
-
-def engine_error(e: ParaThinkerError) -> ApiError:
-    """The engine's typed one-line errors as 400s."""
-    msg = str(e)
-    if isinstance(e, PromptTooLongError):
-        return bad_request(msg, "messages", "context_length_exceeded")
-    if isinstance(e, OutOfPagesError):
-        return bad_request(msg, None, "request_too_large")
-    return bad_request(msg, _param_of(msg, PARALLEL_FIELDS + SAMPLING_FIELDS))
-
 
 class Server:
     """What the routes share: the engine thread, the settings, the metrics."""
@@ -93,11 +70,11 @@ class Server:
         try:
             pp = replace(dp, **pset)
         except (ConfigError, TypeError, ValueError) as e:
-            raise bad_request(str(e), _param_of(str(e), PARALLEL_FIELDS)) from None
+            raise bad_request(str(e), param_of(str(e), PARALLEL_FIELDS)) from None
         try:
             sp = replace(ds, **sset)
         except (ConfigError, TypeError, ValueError) as e:
-            raise bad_request(str(e), _param_of(str(e), SAMPLING_FIELDS)) from None
+            raise bad_request(str(e), param_of(str(e), SAMPLING_FIELDS)) from None
         return pp, sp
 
     def check_call(self, body: CommonFields) -> None:

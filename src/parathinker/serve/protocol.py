@@ -2,14 +2,18 @@
 
 Unknown fields are ignored, as vLLM does, so clients that send more of OpenAI's API (``logprobs``,
 ``presence_penalty``, ``user``, ...) still work. Values are checked by the engine's own parameter
-dataclasses (one-line messages), not here: these models only fix the JSON types.
+dataclasses (one-line messages), not here: these models only fix the JSON types. Errors go out in
+OpenAI's shape (``ApiError``); ``engine_error`` maps the engine's typed errors to 400s naming the field.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import OutOfPagesError, ParaThinkerError, PromptTooLongError
 
 
 class _Body(BaseModel):
@@ -86,3 +90,35 @@ def error_json(message: str, type_: str, code: str | None, param: str | None = N
     """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
     return {"error": ErrorBody(message=message, type=type_, param=param, code=code).model_dump()}
 
+
+PARALLEL_FIELDS = ("num_paths", "termination", "max_path_tokens", "summary_max_tokens", "mode")
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "seed")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(error_json(self.message, self.type, self.code, self.param), status_code=self.status)
+
+
+def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, "invalid_request_error", code, param)
+
+
+def param_of(message: str, names: tuple[str, ...]) -> str | None:
+    """The field a message is about: the one it starts with, else the first it names before its colon."""
+    head = message.split(":")[0]
+    return next((n for n in names if message.startswith(n)), None) or next((n for n in names if f" {n}" in head), None)
+
+
+def engine_error(e: ParaThinkerError) -> ApiError:
+    """The engine's typed one-line errors as 400s."""
+    msg = str(e)
+    if isinstance(e, PromptTooLongError):
+        return bad_request(msg, "messages", "context_length_exceeded")
+    too_large = isinstance(e, OutOfPagesError)
+    return bad_request(msg, None if too_large else param_of(msg, PARALLEL_FIELDS + SAMPLING_FIELDS),
+                       "request_too_large" if too_large else "invalid_value")
