@@ -99,3 +99,34 @@ def make_checkpoint(
         c["max_segments"] = max_segments
         (out / "config.json").write_text(json.dumps(c, indent=2))
     return out
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (servers in tests bind only there)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(proc, port: int, what: str, timeout: float = 180) -> None:  # noqa: ANN001
+    """Wait until the server ``proc`` started answers ``/health`` on ``port`` with 200; fail with its
+    stderr if it exits first, or after ``timeout`` seconds."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            err = err.decode(errors="replace") if isinstance(err, bytes) else err
+            raise AssertionError(f"{what} exited with {proc.returncode}:\n{(err or '')[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{what}: no /health answer in {timeout:.0f} s"
+        time.sleep(0.3)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 
 import pytest
+from helpers import free_port
 from train.teacher_stub import MODEL, Case, Stub
 
 from parathinker.client import ClientPool, RequestFailed, RetryPolicy, normalize_base_url, split_reasoning
@@ -43,12 +43,6 @@ def test_base_urls_and_backoff():
     assert pol.delay(0, rng, retry_after=3.0) == 3.0 and pol.delay(0, rng, retry_after=100) == 8.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cases(k: int) -> list[Case]:
     return [Case(f"p{i}", f"problem {i}", str(i), ["right"] * 4) for i in range(k)]
 
@@ -61,7 +55,7 @@ def _pool(urls, **kw) -> ClientPool:
 def test_replicas_share_the_load_and_a_dead_one_is_skipped():
     stubs = [Stub(_cases(40)), Stub(_cases(40))]
     urls = [s.start() for s in stubs]
-    dead = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there: connection refused
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: connection refused
 
     async def go() -> list:
         pool = _pool([*urls, dead], concurrency=6)
@@ -191,6 +185,6 @@ def test_preflight_names_the_problem():
         with pytest.raises(ConfigError, match="serves: stub-teacher"):
             asyncio.run(check([url], "other-model"))
         with pytest.raises(ConfigError, match="cannot reach the teacher"):
-            asyncio.run(check([f"http://127.0.0.1:{_free_port()}"], MODEL))
+            asyncio.run(check([f"http://127.0.0.1:{free_port()}"], MODEL))
     finally:
         stub.stop()

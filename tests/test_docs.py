@@ -20,15 +20,13 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND_WORDS = ("parathinker", "python", "pip", "scripts/", "curl", "serve ", "torchrun", "accelerate", "vllm",
@@ -148,12 +146,6 @@ def test_every_doc_command_has_a_verdict_and_every_skip_rule_is_used() -> None:
     assert len(runnable) >= 12 and any(c.is_server for c in runnable)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class DocRun:
     """One doc's folder, port and servers (commands of a doc run in its order, in one folder)."""
 
@@ -163,7 +155,7 @@ class DocRun:
         for name in ("src", "benchmarks", "scripts", "configs"):
             (self.dir / name).symlink_to(ROOT / name)
         shutil.copytree(ROOT / "docs", self.dir / "docs")
-        self.port = _free_port()
+        self.port = free_port()
         self.servers: list[subprocess.Popen] = []
         bindir = str(Path(sys.executable).parent)
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
@@ -178,17 +170,7 @@ class DocRun:
         proc = subprocess.Popen(["bash", "-c", f"exec {cmd}"], cwd=self.dir, env=self.env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         self.servers.append(proc)
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"{cmd} exited with {proc.returncode}:\n{proc.stderr.read()[-2000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"{cmd}: no /health answer in 180 s"
-            time.sleep(0.3)
+        wait_healthy(proc, self.port, cmd)
 
     def run(self, cmd: str) -> None:
         r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=self.dir, env=self.env, capture_output=True,

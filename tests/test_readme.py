@@ -14,14 +14,12 @@ import importlib.util
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 # words that mark a command as a template for the reader's own files
@@ -82,33 +80,17 @@ def test_readme_command_runs(cmd: str, workdir: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("cmd", SERVERS)
 def test_readme_server_answers_the_readme_client(cmd: str, workdir: Path) -> None:
     """The server starts as written, answers /health, and the README's OpenAI snippet gets a summary."""
     client = [s for s in python_snippets(README) if "base_url=\"http://127.0.0.1:8000/v1\"" in s]
     assert client, "README has no Python client snippet for its server"
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", *shlex.split(cmd), "--port", str(port)], cwd=workdir,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"{cmd} exited with {proc.returncode}:\n{proc.stderr.read()[-2000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"{cmd}: no /health answer in 180 s"
-            time.sleep(0.5)
+        wait_healthy(proc, port, cmd)
         code = client[0].replace("127.0.0.1:8000", f"127.0.0.1:{port}")
         code += "\nassert r.choices[0].message.content, r\nprint(r.choices[0].message.content)\n"
         r = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300)

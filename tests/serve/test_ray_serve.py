@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from parathinker.errors import ConfigError
 from parathinker.serve.config import BUNDLED_MODEL_NAME, ServeConfig
@@ -61,12 +61,6 @@ def test_a_replica_builds_its_engine_from_the_args() -> None:
     assert replica.config.served_model_name == "m"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_replicas_share_40_concurrent_requests() -> None:
     ray = pytest.importorskip("ray", reason="needs Ray: pip install 'parathinker[ray]'")
@@ -77,7 +71,7 @@ def test_two_replicas_share_40_concurrent_requests() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        port = _free_port()
+        port = free_port()
         url = deploy(ReplicaArgs(threads="1", cache={"num_pages": 256}), RayConfig(replicas=2, cpus_per_replica=0.5),
                      ServeConfig(port=port), block=False)
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)

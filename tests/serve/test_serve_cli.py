@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
+from helpers import free_port, wait_healthy
 
 from parathinker.cli import main
 
@@ -39,16 +38,10 @@ def test_help_lists_the_options() -> None:
         assert opt in r.stdout, opt
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serves_then_sigterm_drains_and_exits_cleanly() -> None:
     import http.client
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "parathinker", "serve", "--port", str(port), "--threads", "1",
                              "--served-model-name", "pf", "--log-level", "warning"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -56,16 +49,7 @@ def test_serves_then_sigterm_drains_and_exits_cleanly() -> None:
     url = f"http://127.0.0.1:{port}"
     question = "graph : 10 > 11 , 11 > 12 , 10 > 13 ; find path 10 to 12"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "the server did not become healthy"
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+        wait_healthy(proc, port, "parathinker serve", timeout=120)
         body = json.dumps({"model": "pf", "messages": [{"role": "user", "content": question}], "seed": 0}).encode()
         req = urllib.request.Request(url + "/v1/chat/completions", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import free_port, wait_healthy
 
 pytestmark = [
     pytest.mark.slow,
@@ -23,12 +21,6 @@ pytestmark = [
 
 BUNDLED = Path(__file__).resolve().parents[2] / "src" / "parathinker" / "assets" / "default"
 TEACHER = BUNDLED.parent / "sequential"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -43,22 +35,13 @@ def test_serve_as_teacher_then_check_train_generate(tmp_path):
     recs = [p.record for p in pathfind_default(1000)[-12:]]
     problems = tmp_path / "test.jsonl"
     problems.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    port = _free_port()
+    port = free_port()
     # the teacher: the bundled sequential model (one trace ending in \\boxed{route}, then EOS; 45% right per trace)
     server = subprocess.Popen([sys.executable, "-m", "parathinker", "serve", "--model", str(TEACHER), "--port", str(port),
                                "--served-model-name", "pathfind-teacher", "--threads", "1", "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        deadline = time.time() + 180
-        while True:
-            assert server.poll() is None, server.stderr.read().decode()[-3000:]
-            assert time.time() < deadline, "the server did not become healthy in 180 s"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
+        wait_healthy(server, port, "parathinker serve (the teacher)")
         out = tmp_path / "gen.jsonl"
         gen = _cli("data", "generate", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "pathfind-teacher",
                    "--problems", str(problems), "--out", str(out), "--paths", "4", "--temperature", "0.8",
