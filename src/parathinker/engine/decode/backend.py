@@ -47,6 +47,15 @@ class DecodeBackend(Protocol):
         ...
 
 
+def step_inputs(chunks: list[Chunk], feed: Feed | None, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """A decode step's ids, positions and segments (one token per chunk) on ``device``; ``feed``: the
+    tokens an overlapped step samples on the device, written into ``ids`` there."""
+    ids, pos, seg = (t.to(device) for t in padded_inputs(chunks, 1))
+    if feed is not None:
+        feed.apply(ids)
+    return ids, pos, seg
+
+
 class ReferenceDecode:
     """Decode steps through the explicit-mask reference backend (``--attention reference``)."""
 
@@ -59,13 +68,10 @@ class ReferenceDecode:
 
     def decode(self, chunks: list[Chunk], feed: Feed | None = None) -> torch.Tensor:
         dev = self.device
-        ids, pos, seg = padded_inputs(chunks, 1)
-        if feed is not None:
-            ids = ids.to(dev)
-            feed.apply(ids)
+        ids, pos, seg = step_inputs(chunks, feed, dev)
         read = [[s for r in c.reads for s in r.slot_list] for c in chunks]
         meta = build_metadata([c.new_slots for c in chunks], read, [c.kinds for c in chunks], dev)
-        hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), PagedReference(self.cache, meta))
+        hidden = self.model.hidden(ids, pos, seg, PagedReference(self.cache, meta))
         return self.logits(hidden[torch.arange(len(chunks), device=dev), 0])
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -87,14 +93,11 @@ class CascadeDecode:
 
     def decode(self, chunks: list[Chunk], feed: Feed | None = None) -> torch.Tensor:
         dev = self.device
-        ids, pos, seg = padded_inputs(chunks, 1)
-        if feed is not None:
-            ids = ids.to(dev)
-            feed.apply(ids)
+        ids, pos, seg = step_inputs(chunks, feed, dev)
         attn = PagedCascade.for_chunks(self.cache, chunks, dev)
         if self.fused is not None:
-            return self.logits(self.fused.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn))
-        hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
+            return self.logits(self.fused.hidden(ids, pos, seg, attn))
+        hidden = self.model.hidden(ids, pos, seg, attn)
         return self.logits(hidden[:, 0])
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
