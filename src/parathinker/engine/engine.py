@@ -1,8 +1,9 @@
 """The parallel-thinking engine: the step API over the scheduler, the model runner and the draws.
 
 Each ``step`` reads like this: schedule (take queued requests and aborts, admit what fits), run
-(prefill the admitted prompts together; one batched forward over every sequence with a single
-pending token, plus one forward per multi-token chunk: a summary's forced opening, a re-prefill),
+(the admitted prompts and the running sequences' multi-token chunks, such as a summary's forced
+opening, in one packed forward; then one batched forward over every sequence with a single pending
+token, plus one forward per chunk left: scored chunks, multi-token chunks under overlap),
 postprocess (draw and accept the tokens, advance phases, report deltas, release finished requests).
 What is scheduled: ``scheduler``; how it is computed: ``runner`` (and its decode backend); how
 tokens are drawn: ``draws``.
