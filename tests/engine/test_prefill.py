@@ -168,6 +168,7 @@ def test_summary_openings_packed_with_a_prompt_equal_alone(tiny_qwen2, monkeypat
 
     def run() -> list:
         eng = LLM(tiny_qwen2, cache=CacheConfig(kv_cache_memory=0.05, page_size=4)).engine
+        eng.prefill_thread = False  # the prompt in the step's packed forward, not on the prefill thread
         ids = [eng.add_request(s, stream=False) for s in specs[:2]]
         sched = eng.scheduler
         while not any(len(s.pending) > 1 for r in sched.running for s in sched.live(r)):  # up to the openings' step

@@ -278,7 +278,7 @@ def test_random_schedules_keep_the_invariants(tiny_qwen2, seed: int) -> None:  #
 
 def check_pages(eng) -> None:  # noqa: ANN001
     runs = {}
-    for req in eng.scheduler.running:
+    for req in [*eng.scheduler.running, *eng.prefilling]:  # decoding, or prompts on the prefill thread
         for run in [req.prompt_run, *(r for s in all_seqs(req) for r in s.reads)]:
             if run is not None:
                 runs[id(run)] = run

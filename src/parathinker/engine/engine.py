@@ -11,8 +11,10 @@ tokens are drawn: ``draws``.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +70,13 @@ class Engine:
         # overlapped decoding (CUDA): launch step n+1 before reading step n's tokens on the host; the host's
         # bookkeeping then runs while the GPU computes. Same tokens as the synchronous loop (tests).
         self.overlap = decode.overlap and self.runner.device.type == "cuda"
+        # the prefill thread (CPU, a core left free by torch's threads): the prompts of requests admitted while
+        # others run are prefilled there, overlapped with the step's decode; the requests join the next step
+        self.prefill_thread = (decode.prefill_thread and self.runner.device.type == "cpu"
+                               and torch.get_num_threads() < (os.cpu_count() or 1))
+        self._prefiller: ThreadPoolExecutor | None = None
+        self._prefilling: list[tuple[Future, list[Request]]] = []  # launched prefills, in launch order
+        self.thread_prefills = 0  # prefills run on the prefill thread
 
     @property
     def control(self) -> ControlTokens | None:
@@ -121,12 +130,16 @@ class Engine:
         sched = self.scheduler
         admitted: list[Request] = []
         try:
+            self._join_prefills(wait=not sched.running)  # prompts prefilled on the prefill thread: they run now
             self._fit_pool()
             admitted = sched.admit()  # schedule
             # run: their prompts and the running sequences' multi-token chunks (a summary's forced opening)
             # in one packed forward, before the step's one-token rows
             many = [] if self.overlap else [s for r in sched.running for s in sched.live(r)
                                             if len(s.pending) > 1 and s.kinds is None]
+            if admitted and self.prefill_thread and not self.overlap and sched.running:  # others decode meanwhile
+                self._launch_prefill(admitted)
+                admitted = []
             if admitted or many:
                 self._prefill(admitted, many)
                 sched.running.extend(admitted)
@@ -135,7 +148,8 @@ class Engine:
                 self._decode_step(sched.running)
         except BaseException:  # an error or an interrupt mid-step: give every page back
             self.draws.inflight = None
-            for req in [*sched.running, *admitted]:
+            prefilling = self._settle_prefills()
+            for req in [*sched.running, *admitted, *prefilling]:
                 self._drop(req, "failed")
             sched.running = []
             raise
@@ -163,7 +177,13 @@ class Engine:
 
     @property
     def num_running(self) -> int:
-        return len(self.scheduler.running)
+        """Admitted requests: decoding, or their prompts on the prefill thread."""
+        return len(self.scheduler.running) + len(self.prefilling)
+
+    @property
+    def prefilling(self) -> list[Request]:
+        """Admitted requests whose prompts are on the prefill thread (they own their pages; they join the next step)."""
+        return [r for _, reqs in self._prefilling for r in reqs if r.phase != "aborted"]
 
     @property
     def kv_pages_total(self) -> int:
@@ -234,14 +254,19 @@ class Engine:
         for req in [r for r in sched.running if r.id in aborts]:
             sched.running.remove(req)
             self._drop(req, "aborted")
+        for fut, reqs in self._prefilling:
+            if any(r.id in aborts for r in reqs):
+                _settled(fut)  # its pages are written by the prefill thread until it is done
+                for req in [r for r in reqs if r.id in aborts]:
+                    self._drop(req, "aborted")  # its row of the prefill's logits is skipped when the rest join
 
     def _fit_pool(self) -> None:
         """A growable KV pool (CPU, no budget given) grows before admission when the queue needs more pages:
         for all waiting requests up to ``kv.queue_pages``; for the first one alone, with nothing running
         (``check`` passed it), up to ``kv.max_pages``. Otherwise requests wait for pages, as with a fixed pool."""
         kv, pool, sched = self.runner.kv, self.pool, self.scheduler
-        if not kv.growable or not sched.waiting or self.draws.inflight is not None:
-            return
+        if not kv.growable or not sched.waiting or self.draws.inflight is not None or self._prefilling:
+            return  # (a prefill in flight writes into the pool a growth replaces)
         needs = [r.need for r in sched.waiting]
         if pool.can_admit(sum(needs)):
             return
@@ -314,14 +339,50 @@ class Engine:
         next tokens. Each packed chunk computes what it would alone (tested)."""
         chunks = self.scheduler.prompt_chunks(reqs) + [self.scheduler.chunk(s) for s in many]
         logits = self.runner.prefill(chunks)  # (len(reqs) + len(many), V)
+        self._start(reqs, logits)
+        if many:
+            self.draws.consume(many, logits[len(reqs) :])
+
+    def _start(self, reqs: list[Request], logits: torch.Tensor) -> None:
+        """Requests whose prompts are prefilled (``logits[k]``: request k's last prompt token) start their paths."""
         for k, req in enumerate(reqs):
             req.stats["prefill_tokens"] += req.prompt_len
             req.mark("prefill")
             first = self.scheduler.start_paths(req)  # samples draw their first token from the prompt's logits
             if first:
                 self.draws.consume(first, logits[k : k + 1].expand(len(first), -1))
-        if many:
-            self.draws.consume(many, logits[len(reqs) :])
+
+    def _launch_prefill(self, reqs: list[Request]) -> None:
+        """The prompts of ``reqs`` (pages already taken here) prefilled on the prefill thread; ``_join_prefills``
+        starts the requests once it is done. Only the forward runs there: the pool, the scheduler and the
+        draws stay on the stepping thread. It writes only the new prompts' slots, which nothing else reads yet."""
+        if self._prefiller is None:
+            self._prefiller = ThreadPoolExecutor(1, thread_name_prefix="parathinker-prefill")
+        chunks = self.scheduler.prompt_chunks(reqs)
+        self.thread_prefills += 1
+        self._prefilling.append((self._prefiller.submit(self.runner.prefill, chunks), list(reqs)))
+
+    def _join_prefills(self, wait: bool) -> None:
+        """Requests whose prompts the prefill thread has finished start and run (in launch order); ``wait``
+        (nothing else to run): wait for them. A prefill that failed raises here, as it would have in the step."""
+        while self._prefilling and (wait or self._prefilling[0][0].done()):
+            fut, reqs = self._prefilling[0]
+            logits = fut.result()
+            self._prefilling.pop(0)
+            keep = [k for k, r in enumerate(reqs) if r.phase != "aborted"]
+            if len(keep) < len(reqs):
+                reqs, logits = [reqs[k] for k in keep], logits[keep]
+            self._start(reqs, logits)
+            self.scheduler.running.extend(reqs)
+
+    def _settle_prefills(self) -> list[Request]:
+        """Wait for every prefill in flight (their writes done); return their requests, now to be dropped."""
+        reqs = []
+        for fut, group in self._prefilling:
+            _settled(fut)
+            reqs.extend(r for r in group if r.phase != "aborted")
+        self._prefilling = []
+        return reqs
 
     def _decode_step(self, active: list[Request]) -> None:
         """One forward over every sequence with a single pending token (plus one per multi-token chunk),
@@ -347,3 +408,11 @@ class Engine:
         for r in active:
             sched.advance(r)
 
+
+
+def _settled(fut: Future) -> None:
+    """Wait for a prefill (whatever its outcome: its caller reports the error)."""
+    try:
+        fut.result()
+    except BaseException:  # noqa: BLE001, S110 - raised again where its requests are joined, or they are dropped
+        pass

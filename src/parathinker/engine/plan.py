@@ -151,8 +151,9 @@ class StepMetadata:
 
 def padded_inputs(chunks: list[Chunk], T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B, T) long token ids, positions, segment ids, zero padded: one tensor each from flat lists."""
-    if T == 1:
-        return tuple(torch.tensor([[getattr(c, f)[0]] for c in chunks]) for f in ("tokens", "positions", "segments"))
+    if T == 1:  # flat lists: torch.tensor parses a nested list element by element, holding the GIL
+        return tuple(torch.tensor([getattr(c, f)[0] for c in chunks]).view(-1, 1)
+                     for f in ("tokens", "positions", "segments"))
     lens = [len(c.tokens) for c in chunks]
     rows = torch.repeat_interleave(torch.arange(len(chunks)), torch.tensor(lens))
     cols = torch.cat([torch.arange(n) for n in lens])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from itertools import chain
 
 import torch
@@ -29,6 +30,7 @@ class ModelRunner:
         self.device = model.device
         self.kv = KVCache(model.config, cache_config, model.dtype, self.device)
         self.num_forwards = 0
+        self._count_lock = threading.Lock()  # prompts may be prefilled on the engine's prefill thread
         # decode steps (one new token per row): one backend, picked by the factory from the config
         self.decoder: DecodeBackend = build_decode_backend(model, self.kv.data, cache_config.page_size,
                                                            self.kv.num_pages, decode)
@@ -38,6 +40,10 @@ class ModelRunner:
     def grow_kv(self, num_pages: int) -> None:
         """Enlarge the KV pool (its pages keep their slots and contents); the decode backend reads the new tensor."""
         self.decoder.set_cache(self.kv.grow(num_pages), num_pages)
+
+    def _count(self) -> None:
+        with self._count_lock:
+            self.num_forwards += 1
 
     @property
     def fused(self) -> FusedDecoder | None:
@@ -87,7 +93,7 @@ class ModelRunner:
                  torch.tensor([list(chain.from_iterable(r.slot_list for r in c.reads))], device=dev) for c in chunks]
         attn = PackedPrompts(self.kv.data, slots, lens, reads)
         hidden = self.model.hidden(*(x.to(dev) for x in flat), attn)  # (1, sum(lens), D)
-        self.num_forwards += 1
+        self._count()
         ends = torch.tensor(lens).cumsum(0) - 1
         return self._logits(hidden[0, ends.to(dev)])
 
@@ -101,7 +107,7 @@ class ModelRunner:
         decode = T == 1 and all(c.kinds is None for c in chunks)  # one new token per row, causal
         assert feed is None or decode, "fed tokens are decode inputs"
         if decode:
-            self.num_forwards += 1
+            self._count()
             return self.decoder.decode(chunks, feed)
         if B == 1:  # a multi-token chunk (the engine runs each alone): prompt, forced tokens, re-prefill
             c = chunks[0]
@@ -118,7 +124,7 @@ class ModelRunner:
         meta = build_metadata([c.new_slots for c in chunks], read_slots, [c.kinds for c in chunks], dev)
         attn = PagedReference(self.kv.data, meta)
         hidden = self.model.hidden(ids.to(dev), pos.to(dev), seg.to(dev), attn)
-        self.num_forwards += 1
+        self._count()
         lengths = torch.tensor([len(c.tokens) for c in chunks], device=dev)
         last = hidden[torch.arange(B, device=dev), lengths - 1]  # (B, D)
         return self._logits(last)
@@ -177,5 +183,5 @@ class ModelRunner:
         fresh = len(read) == b - a  # reads nothing but these tokens (a prompt): attend to the k', v' just made
         attn = PagedCausal(self.kv.data, torch.tensor([c.new_slots[a:b]], device=dev),
                            None if fresh else torch.tensor([read], device=dev))
-        self.num_forwards += 1
+        self._count()
         return self._logits(self.model.hidden(*(x.to(dev) for x in t), attn)[:, -1])

@@ -11,7 +11,7 @@ ATTENTION = ("auto", "triton", "cascade", "reference")
 
 @dataclass
 class DecodeConfig:
-    """Decode steps: attention backend, CUDA graphs, the fused step, packed CPU weights, overlap."""
+    """Decode steps: attention backend, CUDA graphs, the fused step, packed CPU weights, overlap, the prefill thread."""
 
     attention: str = field(
         default="auto",
@@ -36,6 +36,11 @@ class DecodeConfig:
         default=True,
         metadata={"help": "CUDA: launch decode step n+1 before reading step n's tokens on the host, so the host's "
                   "bookkeeping runs while the GPU computes (same tokens; no effect on the CPU)"},
+    )
+    prefill_thread: bool = field(
+        default=True,
+        metadata={"help": "CPU: prefill newly admitted prompts on a second thread while the running requests decode "
+                  "(the new requests join the next step); used only when torch's threads leave a core free"},
     )
     max_graph_batch: int = field(
         default=256, metadata={"help": "largest decode batch run through a CUDA graph (larger ones run eagerly)"}
