@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import torch
@@ -256,7 +256,7 @@ class Engine:
             self._drop(req, "aborted")
         for fut, reqs in self._prefilling:
             if any(r.id in aborts for r in reqs):
-                _settled(fut)  # its pages are written by the prefill thread until it is done
+                wait([fut])  # its pages are written by the prefill thread until it is done (an error: raised at the join)
                 for req in [r for r in reqs if r.id in aborts]:
                     self._drop(req, "aborted")  # its row of the prefill's logits is skipped when the rest join
 
@@ -379,7 +379,7 @@ class Engine:
         """Wait for every prefill in flight (their writes done); return their requests, now to be dropped."""
         reqs = []
         for fut, group in self._prefilling:
-            _settled(fut)
+            wait([fut])  # whatever its outcome
             reqs.extend(r for r in group if r.phase != "aborted")
         self._prefilling = []
         return reqs
@@ -407,12 +407,3 @@ class Engine:
             draws.consume(group, logits)
         for r in active:
             sched.advance(r)
-
-
-
-def _settled(fut: Future) -> None:
-    """Wait for a prefill (whatever its outcome: its caller reports the error)."""
-    try:
-        fut.result()
-    except BaseException:  # noqa: BLE001, S110 - raised again where its requests are joined, or they are dropped
-        pass
