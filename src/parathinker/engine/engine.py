@@ -5,6 +5,8 @@ Each ``step`` reads like this: schedule (take queued requests and aborts, admit 
 opening, in one packed forward; then one batched forward over every sequence with a single pending
 token, plus one forward per chunk left: scored chunks, multi-token chunks under overlap),
 postprocess (draw and accept the tokens, advance phases, report deltas, release finished requests).
+On the CPU, with a core left free by torch's threads, the prompts of requests admitted while others
+run go to the prefill thread instead, beside the step's decode; they start at the next step (same tokens).
 What is scheduled: ``scheduler``; how it is computed: ``runner`` (and its decode backend); how
 tokens are drawn: ``draws``.
 """
