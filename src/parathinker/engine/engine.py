@@ -132,7 +132,7 @@ class Engine:
         sched = self.scheduler
         admitted: list[Request] = []
         try:
-            self._join_prefills(wait=not sched.running)  # prompts prefilled on the prefill thread: they run now
+            self._join_prefills(block=not sched.running)  # prompts prefilled on the prefill thread: they run now
             self._fit_pool()
             admitted = sched.admit()  # schedule
             # run: their prompts and the running sequences' multi-token chunks (a summary's forced opening)
@@ -364,10 +364,10 @@ class Engine:
         self.thread_prefills += 1
         self._prefilling.append((self._prefiller.submit(self.runner.prefill, chunks), list(reqs)))
 
-    def _join_prefills(self, wait: bool) -> None:
-        """Requests whose prompts the prefill thread has finished start and run (in launch order); ``wait``
+    def _join_prefills(self, block: bool) -> None:
+        """Requests whose prompts the prefill thread has finished start and run (in launch order); ``block``
         (nothing else to run): wait for them. A prefill that failed raises here, as it would have in the step."""
-        while self._prefilling and (wait or self._prefilling[0][0].done()):
+        while self._prefilling and (block or self._prefilling[0][0].done()):
             fut, reqs = self._prefilling[0]
             logits = fut.result()
             self._prefilling.pop(0)
