@@ -379,10 +379,8 @@ class Engine:
 
     def _settle_prefills(self) -> list[Request]:
         """Wait for every prefill in flight (their writes done); return their requests, now to be dropped."""
-        reqs = []
-        for fut, group in self._prefilling:
-            wait([fut])  # whatever its outcome
-            reqs.extend(r for r in group if r.phase != "aborted")
+        wait([fut for fut, _ in self._prefilling])  # whatever their outcome
+        reqs = self.prefilling
         self._prefilling = []
         return reqs
 
