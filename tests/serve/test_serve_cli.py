@@ -23,6 +23,9 @@ from parathinker.cli import main
     (["--page-size", "0"], "--page-size must be >= 1"),
     (["--model", "/nonexistent/dir"], "no such model directory"),
     (["--attention", "bogus"], "attention must be auto, triton, cascade or reference"),
+    (["--data-parallel-size", "0"], "--data-parallel-size must be >= 1"),
+    (["--data-parallel-size", "2", "--device", "cuda"], "runs engine processes on the CPU"),
+    (["--data-parallel-size", "2", "--replicas", "2"], "do not mix"),
 ])
 def test_bad_options_are_one_line(capsys, args: list[str], message: str) -> None:
     rc = main(["serve", *args])
@@ -38,12 +41,13 @@ def test_help_lists_the_options() -> None:
         assert opt in r.stdout, opt
 
 
-def test_serves_then_sigterm_drains_and_exits_cleanly() -> None:
+@pytest.mark.parametrize("extra", [[], ["--data-parallel-size", "2"]], ids=["one-engine", "two-engine-processes"])
+def test_serves_then_sigterm_drains_and_exits_cleanly(extra: list[str]) -> None:
     import http.client
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "parathinker", "serve", "--port", str(port), "--threads", "1",
-                             "--served-model-name", "pf", "--log-level", "warning"],
+                             "--served-model-name", "pf", "--log-level", "warning", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"

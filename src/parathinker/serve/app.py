@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import ConfigError, ParaThinkerError
 from .choices import ChoiceState
 from .config import BUNDLED_MODEL_NAME, ServeConfig
+from .engine_procs import EngineProcesses
 from .engine_thread import EngineDead, EngineThread, EngineUnavailable
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import (
@@ -45,12 +46,17 @@ from .sse import CallStream, ClientGone, EngineFailed
 log = logging.getLogger("parathinker.serve")
 
 class Server:
-    """What the routes share: the engine thread, the settings, the metrics."""
+    """What the routes share: the engine thread (or processes: ``--data-parallel-size``), the settings, the metrics."""
 
     def __init__(self, source: Any, config: ServeConfig):
         self.config = config
-        self.owns_thread = not isinstance(source, EngineThread)
-        self.thread = EngineThread(source) if self.owns_thread else source
+        self.owns_thread = not isinstance(source, (EngineThread, EngineProcesses))
+        if not self.owns_thread:
+            self.thread = source
+        elif config.data_parallel_size > 1:
+            self.thread = EngineProcesses(source, config.data_parallel_size)
+        else:
+            self.thread = EngineThread(source)
         self.llm = self.thread.llm
         self.model_name = config.served_model_name or _default_name(self.llm)
         self.metrics = ServerMetrics(self.thread.engine, self.model_name)
@@ -261,7 +267,7 @@ def build_app(llm_or_engine_thread: Any, config: ServeConfig | None = None) -> F
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        server.thread.start()
+        await asyncio.to_thread(server.thread.start)  # engine processes load the model first
         yield
         server.draining = True
         if server.owns_thread:

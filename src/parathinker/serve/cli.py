@@ -8,6 +8,7 @@ from typing import Any
 from ..cliutil import add_dataclass_args, add_model_args, dataclass_from_args
 from ..engine.decode.config import DecodeConfig
 from ..engine.kv_cache import CacheConfig
+from ..errors import ConfigError, ParaThinkerError
 from .config import ServeConfig
 from .ray_serve import RayConfig, ReplicaArgs, deploy, require_ray
 
@@ -33,15 +34,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cache = dataclass_from_args(CacheConfig, args)
     decode = dataclass_from_args(DecodeConfig, args)
     ray_config = dataclass_from_args(RayConfig, args)
+    dp = config.data_parallel_size
+    if dp > 1 and ray_config.wanted:
+        raise ConfigError("--data-parallel-size and --replicas/--ray-address do not mix: Ray Serve replicas are "
+                          "the data parallelism there (one engine each)")
+    if dp > 1 and args.device != "cpu":
+        raise ConfigError(f"--data-parallel-size {dp} runs engine processes on the CPU; on GPUs run one server "
+                          "per GPU behind a load balancer, or --replicas (docs/scale-out.md)")
     if ray_config.wanted:
         return _serve_on_ray(args, config, cache, decode, ray_config)
     from ..engine.llm import LLM
+    from .engine_procs import EngineProcesses
+    from .engine_thread import EngineUnavailable
     from .server import serve
 
     llm = LLM(args.model, device=args.device, dtype=args.dtype, cache=cache, decode=decode, threads=args.threads)
     if config.served_model_name is None and args.model is not None:
         config.served_model_name = args.model
-    serve(llm, config)
+    if dp == 1:
+        serve(llm, config)
+        return 0
+    engines = EngineProcesses(llm, dp)
+    try:
+        engines.start()  # each process loads the model before the server listens
+    except EngineUnavailable as e:
+        raise ParaThinkerError(str(e)) from None
+    try:
+        serve(engines, config)
+    finally:
+        engines.stop()
     return 0
 
 

@@ -35,6 +35,12 @@ class ServeConfig:
         default=30.0,
         metadata={"help": "on Ctrl-C/SIGTERM: seconds in-flight requests may finish before they are aborted"},
     )
+    data_parallel_size: int = field(
+        default=1,
+        metadata={"help": "engine processes, each with its own copy of the model, requests spread over them (CPU; "
+                  "1: one engine thread in the server's process). On a CPU whose cores one engine leaves idle, "
+                  "2+ raise throughput under load (docs/serving.md)"},
+    )
     log_level: str = field(default="info", metadata={"help": "uvicorn log level: critical, error, warning, info, debug"})
 
     def __post_init__(self) -> None:
@@ -50,6 +56,8 @@ class ServeConfig:
             raise ConfigError(f"shutdown_timeout_s must be >= 0 seconds, got {self.shutdown_timeout_s}")
         if self.api_key == "":
             raise ConfigError("api_key is empty: give a non-empty key or leave it out")
+        if self.data_parallel_size < 1:
+            raise ConfigError(f"data_parallel_size must be >= 1, got {self.data_parallel_size}")
         levels = ("critical", "error", "warning", "info", "debug", "trace")
         if self.log_level not in levels:
             raise ConfigError(f"log_level must be one of {', '.join(levels)}, got {self.log_level!r}")

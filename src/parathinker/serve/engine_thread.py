@@ -167,37 +167,49 @@ class EngineThread:
 
     def _dispatch(self, deltas: list[Any]) -> None:
         """A step's deltas to their queues: one list per queue, one wake-up per event loop."""
-        per_queue: dict[int, tuple[Stream, list[Any]]] = {}
-        with self._lock:
-            for d in deltas:
-                stream = self._streams.get(d.request_id)
-                if stream is None:  # aborted meanwhile
-                    continue
-                if d.finished:
-                    del self._streams[d.request_id]
-                per_queue.setdefault(id(stream.queue), (stream, []))[1].append(d)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
-        for stream, items in per_queue.values():
-            by_loop.setdefault(stream.loop, []).append((stream.queue, items))
-        for loop, batch in by_loop.items():
-            _post(loop, batch)
+        dispatch(deltas, self._streams, self._lock)
 
     def _fail_all(self, message: str, *, abort: bool, fatal: bool = True) -> None:
         with self._lock:
             streams = list(self._streams.values())
             self._streams.clear()
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
-        for s in streams:
-            if abort:
+        if abort:
+            for st in streams:
                 with contextlib.suppress(Exception):  # best effort while stopping
-                    self.engine.abort(s.request_id)
-            by_loop.setdefault(s.loop, []).append((s.queue, EngineDead(message, fatal)))
-        for loop, items in by_loop.items():
-            _post(loop, items)
+                    self.engine.abort(st.request_id)
+        fail(streams, EngineDead(message, fatal))
 
 
 class EngineUnavailable(RuntimeError):
     """The engine thread is not running (failed or stopped)."""
+
+
+def dispatch(deltas: list[Any], streams: dict[int, Stream], lock: threading.Lock) -> None:
+    """A step's deltas to the queues of ``streams`` (by request id; a finished request's stream is removed):
+    one list per queue, one wake-up per event loop. Deltas of requests without a stream (aborted) are dropped."""
+    per_queue: dict[int, tuple[Stream, list[Any]]] = {}
+    with lock:
+        for d in deltas:
+            stream = streams.get(d.request_id)
+            if stream is None:  # aborted meanwhile
+                continue
+            if d.finished:
+                del streams[d.request_id]
+            per_queue.setdefault(id(stream.queue), (stream, []))[1].append(d)
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
+    for stream, items in per_queue.values():
+        by_loop.setdefault(stream.loop, []).append((stream.queue, items))
+    for loop, batch in by_loop.items():
+        _post(loop, batch)
+
+
+def fail(streams: list[Stream], item: EngineDead) -> None:
+    """Tell the callers of ``streams`` that their requests end with ``item``."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
+    for st in streams:
+        by_loop.setdefault(st.loop, []).append((st.queue, item))
+    for loop, items in by_loop.items():
+        _post(loop, items)
 
 
 def _deliver(items: list[tuple[asyncio.Queue, Any]]) -> None:
