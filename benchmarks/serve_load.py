@@ -14,6 +14,9 @@ TTFT: time to the first content (summary) piece, what a user waits for; with --s
 first path piece comes sooner. Latency: request sent -> [DONE]. On a shared machine the load
 shifts between levels: ``--repeats`` runs the levels in turn (1, 8, 32, 64, 1, 8, ...) and each
 level reports its median run (every run's requests/s in the JSON).
+
+The engine baseline is ONE engine in this process, whatever the server runs: with
+``--server-args "--data-parallel-size 2"`` (two engine processes) the server can pass it.
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ async def _level(url: str, model: str, c: int, work: list[tuple[str, int]], args
 
 def _engine_baseline(levels: list[int], work: list[tuple[str, int]], args: argparse.Namespace) -> dict[str, dict]:
     """The same requests, the same closed loop (C in flight, a new one as one finishes), on the engine
-    in this process: step() in a loop, no HTTP, no threads. What the server's numbers are bounded by;
+    in this process: step() in a loop, no HTTP, no threads. What a one-engine server is bounded by;
     with the step's cost per sequence row (does a bigger batch make a row cheaper?)."""
     from dataclasses import replace
 
@@ -194,7 +197,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     eng = report.get("engine_only_requests_per_s")
     if eng:
         e1 = eng[str(cs[0])]["requests_per_s"]
-        ax[0].plot(cs, [eng[str(c)]["requests_per_s"] / e1 for c in cs], "s--", label="engine alone (no HTTP)")
+        ax[0].plot(cs, [eng[str(c)]["requests_per_s"] / e1 for c in cs], "s--", label="one engine alone (no HTTP)")
     ax[0].axhline(4, color="red", lw=0.8, ls="--", label="target 4x at C=32")
     ax[0].set_xscale("log", base=2)
     ax[0].set_yscale("log", base=2)
@@ -208,7 +211,9 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax[1].set_xlabel("concurrent clients C")
     ax[1].set_ylabel("seconds")
     ax[1].legend(fontsize=7)
-    fig.suptitle(f"parathinker serve, {report['model']}, P={report['paths']}, {report['requests_per_level']} requests/level")
+    extra = f" {report['server_args']}" if report.get("server_args") else ""
+    fig.suptitle(f"parathinker serve{extra}, {report['model']}, P={report['paths']}, "
+                 f"{report['requests_per_level']} requests/level")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
