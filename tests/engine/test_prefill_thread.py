@@ -1,4 +1,5 @@
-"""The prefill thread: prompts admitted while others run are prefilled beside the step's decode.
+"""The prefill thread: prompts admitted while others run, and running requests' multi-token chunks (a
+summary's forced opening), run beside the step's decode.
 
 The property a user relies on: it changes when a request starts, never what it generates. Each test
 compares against the same engine with the thread off, or against the request run alone, and checks
@@ -24,12 +25,29 @@ def llm(tiny_qwen2) -> LLM:  # noqa: ANN001
     return llm
 
 
-def test_requests_prefilled_on_the_thread_get_the_tokens_of_a_synchronous_engine(llm: LLM, tiny_qwen2) -> None:  # noqa: ANN001
+def _on_thread(eng, monkeypatch) -> list[tuple[int, int]]:  # noqa: ANN001
+    """Spy: per forward on the prefill thread, (prompts, chunks after a context) it ran."""
+    real, seen = eng.runner.prefill, []
+
+    def prefill(chunks):  # noqa: ANN001, ANN202
+        if threading.current_thread() is not threading.main_thread():
+            after = sum(sum(r.length for r in c.reads) > len(c.tokens) for c in chunks)
+            seen.append((len(chunks) - after, after))
+        return real(chunks)
+
+    monkeypatch.setattr(eng.runner, "prefill", prefill)
+    return seen
+
+
+def test_requests_prefilled_on_the_thread_get_the_tokens_of_a_synchronous_engine(llm: LLM, tiny_qwen2,
+                                                                                  monkeypatch) -> None:  # noqa: ANN001
     specs = mixed_specs()  # every mode: a re-prefill summary, majority, sequential, cuts
     schedule = {0: specs[:1], 2: specs[1:3], 3: specs[3:4], 5: specs[4:5], 9: specs[5:]}
     eng = llm.engine
+    seen = _on_thread(eng, monkeypatch)
     got = drive(eng, schedule)
-    assert eng.thread_prefills >= 3  # the requests joining mid-run went through the thread
+    assert eng.thread_prefills == len(seen) >= 3  # the requests joining mid-run went through the thread
+    assert sum(p for p, _ in seen) >= 3 and sum(a for _, a in seen) >= 2  # prompts, and summaries' openings
     assert eng.pool.num_free == eng.pool.usable_pages and not eng.prefilling
 
     sync = LLM(tiny_qwen2, dtype="float32", cache=CacheConfig(num_pages=512, page_size=4),
@@ -125,3 +143,43 @@ def test_off_where_torch_takes_every_core(tiny_qwen2, monkeypatch) -> None:  # n
     assert LLM(tiny_qwen2, cache=CacheConfig(num_pages=64, page_size=4)).engine.prefill_thread
     off = LLM(tiny_qwen2, cache=CacheConfig(num_pages=64, page_size=4), decode=DecodeConfig(prefill_thread=False))
     assert not off.engine.prefill_thread
+
+
+def test_an_abort_while_a_summary_opening_is_on_the_thread(llm: LLM, monkeypatch) -> None:  # noqa: ANN001
+    """A request whose paths are done sends its summary's forced opening to the thread while another
+    decodes; aborted meanwhile, it yields nothing more, the other gets its solo tokens, every page comes back."""
+    from parathinker import ParallelParams, SamplingParams
+    from parathinker.engine.sequence import RequestSpec
+
+    eng = llm.engine
+    a = RequestSpec([5, 6, 7], ParallelParams(num_paths=2, max_path_tokens=3, summary_max_tokens=4),
+                    SamplingParams(seed=1), [30, 31])
+    b = RequestSpec([8, 9], ParallelParams(num_paths=2, max_path_tokens=40, summary_max_tokens=4),
+                    SamplingParams(seed=2), [30, 31])
+    alone = solo(llm, b)
+    gate, real = threading.Event(), eng.runner.prefill
+
+    def prefill(chunks):  # noqa: ANN001, ANN202 - a summary's opening on the thread waits for the gate
+        if threading.current_thread() is not threading.main_thread() and any(
+                sum(r.length for r in c.reads) > len(c.tokens) for c in chunks):
+            assert gate.wait(30)
+        return real(chunks)
+
+    monkeypatch.setattr(eng.runner, "prefill", prefill)
+    rb = eng.add_request(b)
+    deltas = eng.step()
+    ra = eng.add_request(a)
+    for _ in range(20):  # a's prompt (on the thread), its 3-token paths, then its summary's opening
+        deltas += eng.step()
+        if any(r.id == ra and r.phase == "summary" for r in eng.prefilling):
+            break
+    else:
+        raise AssertionError("a's summary opening never went to the prefill thread")
+    assert eng.abort(ra)
+    threading.Timer(0.3, gate.set).start()
+    cut = len(deltas)
+    while eng.has_unfinished():
+        deltas += eng.step()
+    assert ra not in {d.request_id for d in deltas[cut:]}
+    assert from_output(finished_output([d for d in deltas if d.request_id == rb])) == alone
+    assert eng.pool.num_free == eng.pool.usable_pages and not eng.prefilling

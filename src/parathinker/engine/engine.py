@@ -6,7 +6,8 @@ opening, in one packed forward; then one batched forward over every sequence wit
 token, plus one forward per chunk left: scored chunks, multi-token chunks under overlap),
 postprocess (draw and accept the tokens, advance phases, report deltas, release finished requests).
 On the CPU, with a core left free by torch's threads, the prompts of requests admitted while others
-run go to the prefill thread instead, beside the step's decode; they start at the next step (same tokens).
+run, and running requests' multi-token chunks (a summary's forced opening), go to the prefill thread
+instead, beside the step's decode; their requests go on at the next step (same tokens).
 What is scheduled: ``scheduler``; how it is computed: ``runner`` (and its decode backend); how
 tokens are drawn: ``draws``.
 """
@@ -73,12 +74,14 @@ class Engine:
         # bookkeeping then runs while the GPU computes. Same tokens as the synchronous loop (tests).
         self.overlap = decode.overlap and self.runner.device.type == "cuda"
         # the prefill thread (CPU, a core left free by torch's threads): the prompts of requests admitted while
-        # others run are prefilled there, overlapped with the step's decode; the requests join the next step
+        # others run, and the multi-token chunks of running requests (a summary's forced opening), run there,
+        # overlapped with the step's decode; those requests go on at the next step
         self.prefill_thread = (decode.prefill_thread and self.runner.device.type == "cpu"
                                and torch.get_num_threads() < (os.cpu_count() or 1))
         self._prefiller: ThreadPoolExecutor | None = None
-        self._prefilling: list[tuple[Future, list[Request]]] = []  # launched prefills, in launch order
-        self.thread_prefills = 0  # prefills run on the prefill thread
+        # launched prefills, in launch order: (the forward, the admitted requests, the running sequences' chunks)
+        self._prefilling: list[tuple[Future, list[Request], list[Seq]]] = []
+        self.thread_prefills = 0  # forwards run on the prefill thread
 
     @property
     def control(self) -> ControlTokens | None:
@@ -139,9 +142,8 @@ class Engine:
             # in one packed forward, before the step's one-token rows
             many = [] if self.overlap else [s for r in sched.running for s in sched.live(r)
                                             if len(s.pending) > 1 and s.kinds is None]
-            if admitted and self.prefill_thread and not self.overlap and sched.running:  # others decode meanwhile
-                self._launch_prefill(admitted)
-                admitted = []
+            if (admitted or many) and self.prefill_thread and not self.overlap:  # beside the decode, if any
+                admitted, many = self._launch_prefill(admitted, many)
             if admitted or many:
                 self._prefill(admitted, many)
                 sched.running.extend(admitted)
@@ -184,8 +186,9 @@ class Engine:
 
     @property
     def prefilling(self) -> list[Request]:
-        """Admitted requests whose prompts are on the prefill thread (they own their pages; they join the next step)."""
-        return [r for _, reqs in self._prefilling for r in reqs if r.phase != "aborted"]
+        """Requests out of the step while the prefill thread runs their prompt or their chunk (they own their
+        pages; they go on at the next step)."""
+        return [r for _, reqs, many in self._prefilling for r in [*reqs, *(s.req for s in many)] if r.phase != "aborted"]
 
     @property
     def kv_pages_total(self) -> int:
@@ -256,10 +259,11 @@ class Engine:
         for req in [r for r in sched.running if r.id in aborts]:
             sched.running.remove(req)
             self._drop(req, "aborted")
-        for fut, reqs in self._prefilling:
-            if any(r.id in aborts for r in reqs):
+        for fut, reqs, many in self._prefilling:
+            hit = [r for r in [*reqs, *(s.req for s in many)] if r.id in aborts]
+            if hit:
                 wait([fut])  # its pages are written by the prefill thread until it is done (an error: raised at the join)
-                for req in [r for r in reqs if r.id in aborts]:
+                for req in hit:
                     self._drop(req, "aborted")  # its row of the prefill's logits is skipped when the rest join
 
     def _fit_pool(self) -> None:
@@ -354,32 +358,46 @@ class Engine:
             if first:
                 self.draws.consume(first, logits[k : k + 1].expand(len(first), -1))
 
-    def _launch_prefill(self, reqs: list[Request]) -> None:
-        """The prompts of ``reqs`` (pages already taken here) prefilled on the prefill thread; ``_join_prefills``
-        starts the requests once it is done. Only the forward runs there: the pool, the scheduler and the
-        draws stay on the stepping thread. It writes only the new prompts' slots, which nothing else reads yet."""
+    def _launch_prefill(self, reqs: list[Request], many: list[Seq]) -> tuple[list[Request], list[Seq]]:
+        """Send the prompts of ``reqs`` and the chunks of ``many`` to the prefill thread if other running requests
+        decode meanwhile; return what is left for the step's own packed forward (nothing, or everything).
+        The requests leave ``running`` until ``_join_prefills`` takes them back.
+
+        Only the forward runs there: the pool, the scheduler and the draws stay on the stepping thread (the
+        chunks' slots are taken here). It writes only those slots, which nothing reads before the join, and
+        reads K/V that nothing writes meanwhile (the prompt; for a summary, its own request's finished paths)."""
+        sched = self.scheduler
+        owners = {id(s.req) for s in many}
+        others = [r for r in sched.running if id(r) not in owners]
+        if not others:  # nothing would decode beside it: the step would only wait for the thread
+            return reqs, many
         if self._prefiller is None:
             self._prefiller = ThreadPoolExecutor(1, thread_name_prefix="parathinker-prefill")
-        chunks = self.scheduler.prompt_chunks(reqs)
+        chunks = sched.prompt_chunks(reqs) + [sched.chunk(s) for s in many]
+        sched.running = others
         self.thread_prefills += 1
-        self._prefilling.append((self._prefiller.submit(self.runner.prefill, chunks), list(reqs)))
+        self._prefilling.append((self._prefiller.submit(self.runner.prefill, chunks), list(reqs), list(many)))
+        return [], []
 
     def _join_prefills(self, block: bool) -> None:
-        """Requests whose prompts the prefill thread has finished start and run (in launch order); ``block``
-        (nothing else to run): wait for them. A prefill that failed raises here, as it would have in the step."""
+        """Requests whose prompts or chunks the prefill thread has finished go on, in launch order: a prompt's
+        request starts its paths, a chunk draws its next token; ``block`` (nothing else to run): wait for
+        them. A prefill that failed raises here, as it would have in the step."""
         while self._prefilling and (block or self._prefilling[0][0].done()):
-            fut, reqs = self._prefilling[0]
+            fut, reqs, many = self._prefilling[0]
             logits = fut.result()
             self._prefilling.pop(0)
+            n = len(reqs)
             keep = [k for k, r in enumerate(reqs) if r.phase != "aborted"]
-            if len(keep) < len(reqs):
-                reqs, logits = [reqs[k] for k in keep], logits[keep]
-            self._start(reqs, logits)
-            self.scheduler.running.extend(reqs)
+            go = [k for k, s in enumerate(many) if s.req.phase != "aborted"]
+            self._start([reqs[k] for k in keep], logits[keep])
+            if go:
+                self.draws.consume([many[k] for k in go], logits[[n + k for k in go]])
+            self.scheduler.running.extend([*(reqs[k] for k in keep), *(many[k].req for k in go)])
 
     def _settle_prefills(self) -> list[Request]:
         """Wait for every prefill in flight (their writes done); return their requests, now to be dropped."""
-        wait([fut for fut, _ in self._prefilling])  # whatever their outcome
+        wait([fut for fut, *_ in self._prefilling])  # whatever their outcome
         reqs = self.prefilling
         self._prefilling = []
         return reqs
