@@ -13,28 +13,29 @@ import multiprocessing as mp
 import os
 import signal
 import threading
-import time
-import urllib.error
-import urllib.request
 from dataclasses import replace
 
 import openai
 import pytest
-from conftest import async_client, client, collect_stream
+from conftest import (
+    MODEL,
+    async_client,
+    bundled_llm,
+    chat,
+    check_streamed_equals_non_streamed,
+    client,
+    collect_stream,
+    http_status,
+    metric,
+    wait_until,
+)
 
 from parathinker import LLM
-from parathinker.eval.benchmarks import pathfind_default
 from parathinker.serve.app import build_app
 from parathinker.serve.config import ServeConfig
 from parathinker.serve.engine_procs import EngineProcesses, _Core
 from parathinker.serve.engine_thread import EngineUnavailable
 from parathinker.serve.server import ServerThread
-
-MODEL = "parathinker-pathfind"
-
-
-def _llm() -> LLM:
-    return LLM(None, device="cpu", threads=1)
 
 
 def _start(llm: LLM, **config) -> ServerThread:  # noqa: ANN003
@@ -42,44 +43,9 @@ def _start(llm: LLM, **config) -> ServerThread:  # noqa: ANN003
     return ServerThread(build_app(llm, cfg), cfg, log_level="error").start(timeout=300)  # two processes load the model
 
 
-def _metric(server: ServerThread, name: str) -> float:
-    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return float(next(x for x in text.splitlines() if x.startswith(name + "{")).split()[-1])
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
-def _wait(cond, timeout: float = 30.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
-
-
-def _msg(q) -> list[dict]:  # noqa: ANN001
-    return [{"role": "user", "content": q.problem}]
-
-
-@pytest.fixture(scope="module")
-def problems() -> list:
-    return pathfind_default(1000)[-64:]
-
-
-@pytest.fixture(scope="module")
-def ref() -> LLM:
-    return _llm()
-
-
 @pytest.fixture(scope="module")
 def served():  # noqa: ANN201
-    s = _start(_llm())
+    s = _start(bundled_llm())
     yield s
     s.stop()
     group = s.app.state.server.thread
@@ -94,7 +60,7 @@ def test_same_runs_as_in_process_spread_over_both_processes(served, ref: LLM, pr
     async def go():  # noqa: ANN202
         async with async_client(served) as c:
             return await asyncio.gather(*(
-                c.chat.completions.create(model=MODEL, messages=_msg(q), n=3, seed=10 * k,
+                c.chat.completions.create(model=MODEL, messages=chat(q), n=3, seed=10 * k,
                                           extra_body={"num_paths": 8, "return_paths": True}) for k in range(4)))
 
     rs = asyncio.run(go())
@@ -110,25 +76,19 @@ def test_same_runs_as_in_process_spread_over_both_processes(served, ref: LLM, pr
 
 
 def test_streamed_equals_non_streamed(served, problems: list) -> None:  # noqa: ANN001
-    c = client(served)
-    kw = dict(model=MODEL, messages=_msg(problems[5]), seed=42, extra_body={"return_paths": True, "stream_paths": True})
-    full = c.chat.completions.create(**kw)
-    got = collect_stream(c.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
-    s, m = got["choices"][0], full.choices[0].message.model_dump()
-    assert s["content"] == m["content"] and s["reasoning"] == m["reasoning"] and m["reasoning"].count("<think") == 8
-    assert s["extra"]["paths"] == m["paths"] and got["usage"] == full.usage.model_dump()
+    check_streamed_equals_non_streamed(served, problems[5], stream_paths=True)
 
 
 def test_bad_request_is_400_before_any_process(served, problems: list) -> None:  # noqa: ANN001
     with pytest.raises(openai.BadRequestError) as e:
-        client(served).chat.completions.create(model=MODEL, messages=_msg(problems[0]),
+        client(served).chat.completions.create(model=MODEL, messages=chat(problems[0]),
                                                extra_body={"num_paths": 99})
     assert e.value.body["param"] == "num_paths"
 
 
 def test_load_a_third_disconnect_then_every_page_free(served, problems: list) -> None:  # noqa: ANN001
     async def one(c, i: int):  # noqa: ANN001, ANN202
-        stream = await c.chat.completions.create(model=MODEL, messages=_msg(problems[i]), seed=i, stream=True,
+        stream = await c.chat.completions.create(model=MODEL, messages=chat(problems[i]), seed=i, stream=True,
                                                  extra_body={"num_paths": 8, "stream_paths": True})
         if i % 3 == 0:  # leaves after its first reasoning piece
             async for ch in stream:
@@ -146,36 +106,36 @@ def test_load_a_third_disconnect_then_every_page_free(served, problems: list) ->
     assert not [r for r in results if isinstance(r, BaseException)]
     done = [r for r in results if r is not None]
     assert len(done) == 16 and all(ch["content"] and ch["reasoning"].count("<think") == 8 for ch in done)
-    _wait(lambda: _metric(served, "parathinker:num_requests_running") == 0.0)  # the processes' own gauges
-    assert _metric(served, "parathinker:kv_cache_usage_perc") == 0.0
-    assert _metric(served, "parathinker:kv_cache_pages_used") == 0.0
+    wait_until(lambda: metric(served, "parathinker:num_requests_running") == 0.0)  # the processes' own gauges
+    assert metric(served, "parathinker:kv_cache_usage_perc") == 0.0
+    assert metric(served, "parathinker:kv_cache_pages_used") == 0.0
     assert served.app.state.server.thread.num_open == 0
 
 
 def test_a_process_that_dies_turns_the_server_unhealthy(problems: list) -> None:
-    s = _start(_llm())
+    s = _start(bundled_llm())
     try:
         group = s.app.state.server.thread
-        assert _status(s.url + "/health") == 200
+        assert http_status(s.url + "/health") == 200
         c = client(s)
-        stream = c.chat.completions.create(model=MODEL, messages=_msg(problems[0]), seed=0, stream=True,
+        stream = c.chat.completions.create(model=MODEL, messages=chat(problems[0]), seed=0, stream=True,
                                            extra_body={"num_paths": 8, "stream_paths": True, "max_path_tokens": 512})
         next(iter(stream))  # running
         for m in group.members:
             os.kill(m.proc.pid, signal.SIGKILL)
         with pytest.raises(openai.APIError, match="engine process"):  # the open stream ends with an error event
             collect_stream(stream)
-        _wait(lambda: not group.alive)
-        assert _status(s.url + "/health") == 503
+        wait_until(lambda: not group.alive)
+        assert http_status(s.url + "/health") == 503
         with pytest.raises(openai.InternalServerError) as e:
-            c.chat.completions.create(model=MODEL, messages=_msg(problems[1]))
+            c.chat.completions.create(model=MODEL, messages=chat(problems[1]))
         assert e.value.status_code == 503 and e.value.body["code"] == "engine_unavailable"
     finally:
         s.stop()
 
 
 def test_a_process_that_cannot_load_says_why() -> None:
-    group = EngineProcesses(_llm(), 1)
+    group = EngineProcesses(bundled_llm(), 1)
     group.args.model = "/nonexistent/checkpoint"
     with pytest.raises(EngineUnavailable, match="engine process 0 could not load the model: .*nonexistent"):
         group.start()
@@ -185,9 +145,9 @@ def test_a_process_that_cannot_load_says_why() -> None:
 def test_core_loop_failed_steps_drop_their_requests_then_stop(problems: list) -> None:
     """The engine process's loop over a pipe, in this process: a failing step is reported per request
     (not fatal), the loop goes on; ``max_failures`` in a row end it (fatal)."""
-    llm = _llm()
+    llm = bundled_llm()
     dp, ds = llm.default_params()
-    spec = llm.request_spec(_msg(problems[0]), replace(dp, num_paths=2), replace(ds, seed=0))
+    spec = llm.request_spec(chat(problems[0]), replace(dp, num_paths=2), replace(ds, seed=0))
     here, there = mp.Pipe()
     core = _Core(llm.engine, there, max_failures=2)
     t = threading.Thread(target=core.run, daemon=True)

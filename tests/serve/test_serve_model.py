@@ -11,38 +11,32 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
 
 import openai
 import pytest
-from conftest import async_client, client, collect_stream, running
+from conftest import (
+    MODEL,
+    async_client,
+    bundled_llm,
+    chat,
+    check_streamed_equals_non_streamed,
+    client,
+    collect_stream,
+    http_status,
+    metric,
+    running,
+    wait_until,
+)
 
 from parathinker import LLM
-from parathinker.eval.benchmarks import pathfind_default
-
-MODEL = "parathinker-pathfind"
-
-
-def _llm() -> LLM:
-    return LLM(None, device="cpu", threads=1)
-
-
-@pytest.fixture(scope="module")
-def problems() -> list:
-    return pathfind_default(1000)[-64:]
-
-
-@pytest.fixture(scope="module")
-def ref() -> LLM:
-    return _llm()
 
 
 @pytest.fixture(scope="module")
 def served():  # noqa: ANN201
-    llm = _llm()
+    llm = bundled_llm()
     with running(llm) as s:
         yield s, llm
 
@@ -52,23 +46,6 @@ def _generate(ref: LLM, prompts: list, seed: int, **parallel):  # noqa: ANN003, 
     return ref.generate(prompts, replace(dp, **parallel), replace(ds, seed=seed))
 
 
-def _msg(q) -> list[dict]:  # noqa: ANN001
-    return [{"role": "user", "content": q.problem}]
-
-
-def _metric(server, name: str) -> float:  # noqa: ANN001
-    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return float(next(x for x in text.splitlines() if x.startswith(name + "{")).split()[-1])
-
-
-def _wait(cond, timeout: float = 20.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
-
-
 def test_solves_pathfind_with_8_paths(served, ref: LLM, problems: list) -> None:  # noqa: ANN001
     server, _ = served
     c = client(server)
@@ -76,7 +53,7 @@ def test_solves_pathfind_with_8_paths(served, ref: LLM, problems: list) -> None:
     expected = [_generate(ref, [q.problem], seed=i, num_paths=8)[0] for i, q in enumerate(qs)]
     right = 0
     for i, (q, e) in enumerate(zip(qs, expected)):
-        r = c.chat.completions.create(model=MODEL, messages=_msg(q), seed=i, extra_body={"num_paths": 8, "return_paths": True})
+        r = c.chat.completions.create(model=MODEL, messages=chat(q), seed=i, extra_body={"num_paths": 8, "return_paths": True})
         m = r.choices[0].message.model_dump()
         assert m["content"] == e.summary.text and m["answer"] == e.answer  # the same run as in-process
         assert [(p["index"], p["text"], p["finish_reason"]) for p in m["paths"]] == [
@@ -89,16 +66,7 @@ def test_solves_pathfind_with_8_paths(served, ref: LLM, problems: list) -> None:
 
 @pytest.mark.parametrize("stream_paths", [False, True])
 def test_streamed_equals_non_streamed(served, problems: list, stream_paths: bool) -> None:  # noqa: ANN001
-    server, _ = served
-    c = client(server)
-    kw = dict(model=MODEL, messages=_msg(problems[5]), seed=42, extra_body={"return_paths": True, "stream_paths": stream_paths})
-    full = c.chat.completions.create(**kw)
-    got = collect_stream(c.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
-    s, m = got["choices"][0], full.choices[0].message.model_dump()
-    assert s["content"] == m["content"] and s["reasoning"] == m["reasoning"] and m["reasoning"].count("<think") == 8
-    assert s["extra"]["paths"] == m["paths"] and s["extra"]["answer"] == m["answer"]
-    assert s["finish_reason"] == full.choices[0].finish_reason
-    assert got["usage"] == full.usage.model_dump()
+    check_streamed_equals_non_streamed(served[0], problems[5], stream_paths)
 
 
 def test_async_client_n3(served, ref: LLM, problems: list) -> None:  # noqa: ANN001
@@ -107,7 +75,7 @@ def test_async_client_n3(served, ref: LLM, problems: list) -> None:  # noqa: ANN
 
     async def go():  # noqa: ANN202
         async with async_client(server) as c:
-            return await c.chat.completions.create(model=MODEL, messages=_msg(q), n=3, seed=9, extra_body={"num_paths": 4})
+            return await c.chat.completions.create(model=MODEL, messages=chat(q), n=3, seed=9, extra_body={"num_paths": 4})
 
     r = asyncio.run(go())
     expected = _generate(ref, [q.problem] * 3, seed=9, num_paths=4)  # generate seeds prompt i with seed + i
@@ -119,7 +87,7 @@ def test_async_client_n3(served, ref: LLM, problems: list) -> None:  # noqa: ANN
 def test_majority_mode(served, ref: LLM, problems: list) -> None:  # noqa: ANN001
     server, _ = served
     q = problems[9]
-    r = client(server).chat.completions.create(model=MODEL, messages=_msg(q), seed=3,
+    r = client(server).chat.completions.create(model=MODEL, messages=chat(q), seed=3,
                                                extra_body={"mode": "majority", "num_paths": 4, "return_paths": True})
     (e,) = _generate(ref, [q.problem], seed=3, mode="majority", num_paths=4)
     m = r.choices[0].message.model_dump()
@@ -173,7 +141,7 @@ def test_unknown_model_is_404(served) -> None:  # noqa: ANN001
 
 def test_401_429_503_with_the_real_engine(problems: list) -> None:
     """A gate in front of the engine's step holds requests in its queue (num_waiting counts them)."""
-    llm = _llm()
+    llm = bundled_llm()
     gate = threading.Event()
     real_step = llm.engine.step
 
@@ -182,14 +150,14 @@ def test_401_429_503_with_the_real_engine(problems: list) -> None:
         return real_step()
 
     llm.engine.step = gated_step
-    msg = _msg(problems[0])
+    msg = chat(problems[0])
     with running(llm, api_key="k", max_waiting=2) as s:
         with pytest.raises(openai.AuthenticationError) as e:
             client(s, api_key="wrong").chat.completions.create(model=MODEL, messages=msg)
         assert e.value.body["code"] == "invalid_api_key"
         c = client(s, api_key="k")
         held = [c.chat.completions.create(model=MODEL, messages=msg, stream=True) for _ in range(2)]
-        _wait(lambda: llm.engine.num_waiting == 2)
+        wait_until(lambda: llm.engine.num_waiting == 2)
         with pytest.raises(openai.RateLimitError) as e:
             c.chat.completions.create(model=MODEL, messages=msg)
         assert e.value.body["code"] == "rate_limit_exceeded"
@@ -199,19 +167,11 @@ def test_401_429_503_with_the_real_engine(problems: list) -> None:
         llm.engine.step = lambda: 1 / 0  # every step fails from now on: after 3 in a row the engine is dead
         with pytest.raises(openai.APIError, match="engine failed"):  # mid-stream: an error event
             collect_stream(c.chat.completions.create(model=MODEL, messages=msg, stream=True))
-        _wait(lambda: not s.app.state.server.thread.alive)
-        assert _status(s.url + "/health") == 503
+        wait_until(lambda: not s.app.state.server.thread.alive)
+        assert http_status(s.url + "/health") == 503
         with pytest.raises(openai.InternalServerError) as e:
             c.chat.completions.create(model=MODEL, messages=msg)
         assert e.value.status_code == 503 and e.value.body["code"] == "engine_unavailable"
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
 
 
 def _load(server, llm: LLM, problems: list, clients: int) -> None:  # noqa: ANN001
@@ -219,7 +179,7 @@ def _load(server, llm: LLM, problems: list, clients: int) -> None:  # noqa: ANN0
 
     async def one(c, i: int):  # noqa: ANN001, ANN202
         q = problems[i % len(problems)]
-        stream = await c.chat.completions.create(model=MODEL, messages=_msg(q), seed=i, stream=True,
+        stream = await c.chat.completions.create(model=MODEL, messages=chat(q), seed=i, stream=True,
                                                  extra_body={"num_paths": 8, "stream_paths": True})
         if i % 3 == 0:
             want = "reasoning" if i % 2 == 0 else "content"
@@ -245,10 +205,10 @@ def _load(server, llm: LLM, problems: list, clients: int) -> None:  # noqa: ANN0
         assert ch["reasoning"].count("<think") == 8 and ch["extra"]["answer"] == q_answer(ch)
     solved = sum(q.check(ch["extra"]["answer"]) for q, ch in done)
     assert solved >= 0.6 * len(done), f"{solved}/{len(done)}"
-    _wait(lambda: not llm.engine.has_unfinished())
+    wait_until(lambda: not llm.engine.has_unfinished())
     assert llm.engine.kv_pages_used == 0 and llm.engine.num_running == 0 and llm.engine.num_waiting == 0
-    assert _metric(server, "parathinker:kv_cache_usage_perc") == 0.0
-    assert _metric(server, "parathinker:num_requests_running") == 0.0
+    assert metric(server, "parathinker:kv_cache_usage_perc") == 0.0
+    assert metric(server, "parathinker:num_requests_running") == 0.0
     assert server.app.state.server.thread.num_open == 0
 
 
@@ -260,10 +220,10 @@ def q_answer(ch: dict) -> str | None:
 
 def test_load_64_streams_a_third_disconnect(served, problems: list) -> None:  # noqa: ANN001
     server, llm = served
-    aborted = _metric(server, "parathinker:request_aborted_total")
+    aborted = metric(server, "parathinker:request_aborted_total")
     _load(server, llm, problems, 64)
     # the clients that left while their paths ran (11 of the 22 that leave) were aborted, not run to the end
-    assert _metric(server, "parathinker:request_aborted_total") - aborted >= 11
+    assert metric(server, "parathinker:request_aborted_total") - aborted >= 11
 
 
 def test_models_lists_the_checkpoint(served) -> None:  # noqa: ANN001
