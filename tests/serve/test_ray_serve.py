@@ -92,3 +92,18 @@ def test_two_replicas_share_40_concurrent_requests() -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.mark.parametrize(("cpus", "on"), [(None, True), (1.0, False), (2.0, True)])
+def test_a_replica_keeps_the_prefill_thread_only_with_a_reserved_core_for_it(monkeypatch, cpus, on) -> None:  # noqa: ANN001
+    """Replicas side by side on one machine each see all its cores: the CPUs Ray reserved decide."""
+    pytest.importorskip("ray", reason="needs Ray: pip install 'parathinker[ray]'")
+    from dataclasses import asdict
+
+    from parathinker.engine import engine as engine_mod
+    from parathinker.serve import ray_serve
+
+    monkeypatch.setattr(engine_mod.os, "cpu_count", lambda: 4)  # a machine with cores to spare
+    monkeypatch.setattr(ray_serve, "assigned_cpus", lambda: cpus)
+    replica = ray_serve.ParaThinkerReplica(asdict(ReplicaArgs(threads="1", cache={"num_pages": 64})))
+    assert replica.llm.engine.prefill_thread is on

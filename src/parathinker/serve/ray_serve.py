@@ -75,10 +75,23 @@ class ReplicaArgs:
     decode: dict[str, Any] = field(default_factory=dict)  # DecodeConfig fields
 
 
+def assigned_cpus() -> float | None:
+    """The CPUs Ray reserved for this actor (None outside Ray)."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
+    except Exception:  # noqa: BLE001 - no Ray, or not inside a task or actor
+        return None
+
+
 class ParaThinkerReplica:
     """One replica: an ``LLM``, its engine thread and the OpenAI-compatible app (Ray builds the class)."""
 
     def __init__(self, args: dict[str, Any]):
+        import torch
         from ray import serve
 
         from ..engine.decode.config import DecodeConfig
@@ -88,6 +101,11 @@ class ParaThinkerReplica:
         a = ReplicaArgs(**args)
         self.llm = LLM(a.model, device=a.device, dtype=a.dtype, cache=CacheConfig(**a.cache),
                        decode=DecodeConfig(**a.decode), threads=a.threads)
+        cpus = assigned_cpus()
+        if cpus is not None and cpus < torch.get_num_threads() + 1:
+            # the prefill thread needs a core beyond torch's threads: count the CPUs Ray reserved for this
+            # replica, not the machine's (replicas side by side would otherwise each take a second core)
+            self.llm.engine.prefill_thread = False
         self.config = ServeConfig(**a.serve)
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
