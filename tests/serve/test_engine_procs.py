@@ -176,3 +176,21 @@ def test_core_loop_failed_steps_drop_their_requests_then_stop(problems: list) ->
     llm.engine.step = real_step
     llm.engine.step()  # carries out the aborts the loop left
     assert not llm.engine.has_unfinished() and llm.engine.kv_pages_used == 0
+
+
+@pytest.mark.parametrize(("cores", "size", "thread"), [(2, 2, False), (4, 2, True), (4, 3, False), (8, 3, True)])
+def test_process_settings_a_decode_override_and_a_prefill_thread_only_with_a_core_each(
+        monkeypatch, cores: int, size: int, thread: bool) -> None:  # noqa: ANN001
+    """The CLI's server LLM skips the decode step's weight copies; its processes get the user's decode settings,
+    the prefill thread only where every process has a core beyond its torch thread."""
+    import dataclasses
+
+    from parathinker.engine.decode.config import DecodeConfig
+    from parathinker.serve import engine_procs
+
+    user = DecodeConfig(attention="cascade")
+    llm = LLM(None, threads=1, decode=dataclasses.replace(user, fused_decode=False, packed_weights=False))
+    monkeypatch.setattr(engine_procs.os, "cpu_count", lambda: cores)
+    args = engine_procs.CoreArgs.of(llm, size, decode_config=user)
+    assert args.decode == {**dataclasses.asdict(user), "prefill_thread": thread}
+    assert args.threads == 1 and args.model == str(llm.path) and args.device == "cpu"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from ..cliutil import add_dataclass_args, add_model_args, dataclass_from_args
@@ -48,13 +49,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .engine_thread import EngineUnavailable
     from .server import serve
 
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, cache=cache, decode=decode, threads=args.threads)
+    # with engine processes this process's LLM never steps: no fused or packed weight copies, no prefill thread
+    mine = decode if dp == 1 else dataclasses.replace(decode, fused_decode=False, packed_weights=False,
+                                                      prefill_thread=False)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, cache=cache, decode=mine, threads=args.threads)
     if config.served_model_name is None and args.model is not None:
         config.served_model_name = args.model
     if dp == 1:
         serve(llm, config)
         return 0
-    engines = EngineProcesses(llm, dp)
+    engines = EngineProcesses(llm, dp, decode=decode)
     try:
         engines.start()  # each process loads the model before the server listens
     except EngineUnavailable as e:
@@ -70,8 +74,6 @@ def _serve_on_ray(
     args: argparse.Namespace, config: ServeConfig, cache: CacheConfig, decode: DecodeConfig, ray_config: RayConfig
 ) -> int:
     """``--replicas N`` / ``--ray-address``: the same app in N Ray Serve replicas behind Ray's proxy."""
-    import dataclasses
-
     from ..engine.llm import resolve_model_path
     from ..errors import CheckpointError
 

@@ -60,12 +60,13 @@ class CoreArgs:
     max_failures: int = 3
 
     @classmethod
-    def of(cls, llm: Any, size: int, max_failures: int = 3) -> CoreArgs:
-        """The server's model and settings for one of ``size`` processes. Each process's prefill thread
-        (a core left free by torch's threads) stays on only if every process has such a core."""
+    def of(cls, llm: Any, size: int, max_failures: int = 3, decode_config: Any = None) -> CoreArgs:
+        """The server's model and settings (``decode_config`` over the ``LLM``'s own) for one of ``size``
+        processes. Each process's prefill thread (a core left free by torch's threads) stays on only if
+        every process has such a core."""
         engine = llm.engine
         threads = torch.get_num_threads()
-        decode = dataclasses.asdict(engine.decode_config)
+        decode = dataclasses.asdict(decode_config or engine.decode_config)
         if size * (threads + 1) > (os.cpu_count() or 1):
             decode["prefill_thread"] = False
         return cls(str(llm.path), str(llm.model.device), llm.model.dtype, threads,
@@ -197,17 +198,19 @@ class EngineProcesses:
     """N engine processes (data parallel) behind one server; thread-safe ``submit`` / ``abort``.
 
     ``llm``: the server's own ``LLM`` (prompts, parameters, checks; it never steps); each process
-    loads the same checkpoint with the same settings (``CoreArgs.of(llm)``). ``stall_s``: ``healthy``
-    turns false when a process reported nothing for that long.
+    loads the same checkpoint with the same settings (``CoreArgs.of``), ``decode`` (a ``DecodeConfig``)
+    over the ``LLM``'s: the CLI builds the server's ``LLM`` without the decode step's fused and packed
+    weight copies, which only the processes use. ``stall_s``: ``healthy`` turns false when a process
+    reported nothing for that long.
     """
 
-    def __init__(self, llm: Any, size: int, *, stall_s: float = 120.0, max_failures: int = 3):
+    def __init__(self, llm: Any, size: int, *, decode: Any = None, stall_s: float = 120.0, max_failures: int = 3):
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
         self.llm = llm
         self.size = size
         self.stall_s = stall_s
-        self.args = CoreArgs.of(llm, size, max_failures)
+        self.args = CoreArgs.of(llm, size, max_failures, decode)
         self.engine = _Gauges(self)
         self.members: list[_Member] = []
         self._where: dict[int, _Member] = {}  # open request id -> its process
