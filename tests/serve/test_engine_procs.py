@@ -142,6 +142,21 @@ def test_a_process_that_cannot_load_says_why() -> None:
     assert not group.alive and not group.members[0].proc.is_alive()
 
 
+def test_a_process_that_exits_while_loading_says_so() -> None:
+    import sys
+
+    from parathinker.serve.engine_procs import _Member
+
+    group = EngineProcesses(bundled_llm(), 1)
+    ctx = mp.get_context("spawn")
+    m = _Member(0, ctx, group.args)
+    m.proc = ctx.Process(target=sys.exit, args=(3,))  # gone before a word
+    m.proc.start()
+    m._child.close()
+    with pytest.raises(EngineUnavailable, match="engine process 0 exited with code 3 while loading"):
+        group._wait_ready(m)
+
+
 def test_core_loop_failed_steps_drop_their_requests_then_stop(problems: list) -> None:
     """The engine process's loop over a pipe, in this process: a failing step is reported per request
     (not fatal), the loop goes on; ``max_failures`` in a row end it (fatal)."""

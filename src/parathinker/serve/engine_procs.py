@@ -254,7 +254,12 @@ class EngineProcesses:
                 raise EngineUnavailable(f"engine process {m.index} exited with code {m.proc.exitcode} while loading")
             if time.monotonic() > deadline:
                 raise EngineUnavailable(f"engine process {m.index} did not load the model within {START_TIMEOUT_S:.0f} s")
-        msg = m.conn.recv()
+        try:
+            msg = m.conn.recv()
+        except (EOFError, OSError):  # it exited before a word (its traceback is on stderr)
+            m.proc.join(5)
+            raise EngineUnavailable(f"engine process {m.index} exited with code {m.proc.exitcode} while loading "
+                                    "(its error is printed above)") from None
         if msg[0] != "ready":
             raise EngineUnavailable(f"engine process {m.index} could not load the model: {msg[1]}")
 
