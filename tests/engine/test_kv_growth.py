@@ -76,6 +76,8 @@ def test_queue_growth_stops_at_its_cap_and_requests_wait(fixed: LLM, tiny_qwen2,
     llm = growable(tiny_qwen2, monkeypatch, CPU_POOL_MAX_GIB=cap_bytes / 2**30)
     eng = llm.engine
     assert eng.runner.kv.queue_pages == 2 * need + 1
+    # what kv_cache_usage_perc divides by: what the pool may grow to for queued requests, not its size now
+    assert eng.kv_pages_total == 3 and eng.kv_pages_capacity == 2 * need
     reqs = eng.run(specs)
     assert tokens(reqs) == alone
     assert eng.pool.num_pages == 2 * need + 1  # two at a time, never more
@@ -92,6 +94,7 @@ def test_a_request_larger_than_the_queue_cap_runs_alone(fixed: LLM, tiny_qwen2, 
     assert eng.check(big) > eng.runner.kv.queue_pages
     assert tokens(eng.run([small, big])) == alone
     assert eng.pool.num_pages == eng.check(big) + 1
+    assert eng.kv_pages_capacity == eng.kv_pages_total == eng.check(big)  # grown past the queue's cap: its size
 
 
 def test_growth_is_bounded_by_free_memory(tiny_qwen2, monkeypatch) -> None:  # noqa: ANN001
@@ -111,6 +114,7 @@ def test_a_budget_or_page_count_is_a_fixed_pool(tiny_qwen2) -> None:  # noqa: AN
         llm = LLM(tiny_qwen2, dtype="float32", cache=cache)
         kv = llm.engine.runner.kv
         assert not kv.growable and kv.max_pages == kv.num_pages == llm.engine.pool.num_pages == 12
+        assert llm.engine.kv_pages_capacity == llm.engine.kv_pages_total == 11
         with pytest.raises(OutOfPagesError, match="has 11: raise kv_cache_memory"):
             llm.engine.add_request(RequestSpec([5, 6], ParallelParams(num_paths=8, max_path_tokens=20),
                                                SamplingParams(), [30]))

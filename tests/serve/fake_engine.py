@@ -52,7 +52,7 @@ class _Req:
 class FakeEngine:
     def __init__(self, capacity: int = 4, pages_per_request: int = 3):
         self.capacity, self.ppr = capacity, pages_per_request
-        self.kv_pages_total = capacity * pages_per_request
+        self.kv_pages_total = self.kv_pages_capacity = capacity * pages_per_request
         self.hold = False
         self.fail = False
         self.aborted: list[int] = []

@@ -245,3 +245,17 @@ def test_metrics_and_models(server) -> None:  # noqa: ANN001
     line = next(x for x in text.splitlines() if x.startswith("parathinker:kv_cache_usage_perc{"))
     assert float(line.split()[-1]) == 0.0
     assert [m.id for m in c.models.list().data] == [MODEL]
+
+
+def test_kv_usage_is_over_the_pages_requests_may_have() -> None:
+    """A growable CPU pool: 10 pages used of 20 now, of 100 it may grow to -> 0.1, not 0.5."""
+    from types import SimpleNamespace
+
+    from parathinker.serve.metrics import ServerMetrics
+
+    e = SimpleNamespace(num_running=2, num_waiting=0, kv_pages_used=10, kv_pages_total=20, kv_pages_capacity=100)
+    m = ServerMetrics(e, "m")
+    m.render()
+    get = m.registry.get_sample_value
+    assert get("parathinker:kv_cache_usage_perc", {"model_name": "m"}) == 0.1
+    assert get("parathinker:kv_cache_pages_total", {"model_name": "m"}) == 20

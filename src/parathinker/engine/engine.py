@@ -192,7 +192,14 @@ class Engine:
 
     @property
     def kv_pages_total(self) -> int:
+        """KV pages in the pool now (a growable CPU pool holds fewer than it may grow to)."""
         return self.pool.usable_pages
+
+    @property
+    def kv_pages_capacity(self) -> int:
+        """KV pages the queued requests may have: the pool's size, or for a growable pool what it grows to
+        for them (``KVCache.queue_pages``); when these are in use, requests wait for pages."""
+        return max(self.pool.usable_pages, self.runner.kv.queue_pages - 1)  # (one page is the null page)
 
     @property
     def kv_pages_used(self) -> int:

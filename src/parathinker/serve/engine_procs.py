@@ -19,7 +19,7 @@ Pipe protocol (pickled tuples). To a process: ``("add", gid, spec, stream_paths)
 ``("abort", gid)``, ``("stop",)``. From it: ``("ready",)`` or ``("error", message)`` once
 loaded; then ``("step", deltas, stats)`` after each step with deltas, ``("stats", stats)`` while
 idle (a heartbeat), ``("failed", gids, message, fatal)``. ``stats`` = (running, waiting, KV pages
-used, KV pages total). Request ids (gid) are the server's, unique over all processes.
+used, in the pool, and that requests may have). Request ids (gid) are the server's, unique over all processes.
 """
 
 from __future__ import annotations
@@ -100,9 +100,9 @@ class _Core:
         self.gid: dict[int, int] = {}  # engine request id -> the server's id
         self.rid: dict[int, int] = {}  # the server's id -> engine request id
 
-    def stats(self) -> tuple[int, int, int, int]:
+    def stats(self) -> tuple[int, int, int, int, int]:
         e = self.engine
-        return e.num_running, e.num_waiting, e.kv_pages_used, e.kv_pages_total
+        return e.num_running, e.num_waiting, e.kv_pages_used, e.kv_pages_total, e.kv_pages_capacity
 
     def run(self) -> None:
         engine, conn = self.engine, self.conn
@@ -178,7 +178,7 @@ class _Member:
         self.requests = 0  # requests sent to it
         self.lock = threading.Lock()  # guards streams
         self.send_lock = threading.Lock()  # submit (worker threads) and abort (the event loop) both send
-        self.stats = (0, 0, 0, 1)
+        self.stats = (0, 0, 0, 1, 1)
         self.last_beat = time.monotonic()
         self.error: str | None = None
         self.reader: threading.Thread | None = None
@@ -396,3 +396,7 @@ class _Gauges:
     @property
     def kv_pages_total(self) -> int:
         return max(self._sum(3), 1)
+
+    @property
+    def kv_pages_capacity(self) -> int:
+        return max(self._sum(4), 1)

@@ -18,6 +18,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
 
 
+def kv_usage(engine: Any) -> float:
+    """``kv_cache_usage_perc``: pages in use over the pages requests may have (``Engine.kv_pages_capacity``)."""
+    return engine.kv_pages_used / max(int(engine.kv_pages_capacity), 1)
+
+
 class _EngineGauges(Collector):
     def __init__(self, engine: Any, model_name: str):
         self.engine = engine
@@ -31,13 +36,13 @@ class _EngineGauges(Collector):
             g.add_metric(labels, value)
             return g
 
-        total = max(int(e.kv_pages_total), 1)
         yield gauge("num_requests_running", "Requests admitted to the engine (prefilling, thinking or summarizing).",
                     e.num_running)
         yield gauge("num_requests_waiting", "Requests queued for KV pages.", e.num_waiting)
-        yield gauge("kv_cache_usage_perc", "Fraction of KV pages in use (1 = full).", e.kv_pages_used / total)
+        yield gauge("kv_cache_usage_perc", "Fraction of the KV pages requests may have in use (1 = new requests "
+                    "wait for pages; a growable pool counts what it may grow to).", kv_usage(e))
         yield gauge("kv_cache_pages_used", "KV pages in use.", e.kv_pages_used)
-        yield gauge("kv_cache_pages_total", "KV pages in the pool.", e.kv_pages_total)
+        yield gauge("kv_cache_pages_total", "KV pages in the pool now.", e.kv_pages_total)
 
 
 class ServerMetrics:

@@ -141,6 +141,8 @@ class ParaThinkerReplica:
         """Mirror the engine's gauges and the token counters into Ray's metrics (per replica)."""
         from ray.util import metrics
 
+        from .metrics import kv_usage
+
         names = ("num_requests_running", "num_requests_waiting", "kv_cache_usage_perc")
         gauges = {n: metrics.Gauge(f"parathinker_{n}", description=f"parathinker:{n} of this replica") for n in names}
         counters = {n: metrics.Gauge(f"parathinker_{n}_total", description=f"parathinker:{n} of this replica")
@@ -149,7 +151,7 @@ class ParaThinkerReplica:
             server = self.asgi.state.server
             e = server.thread.engine
             values = {"num_requests_running": e.num_running, "num_requests_waiting": e.num_waiting,
-                      "kv_cache_usage_perc": e.kv_pages_used / max(e.kv_pages_total, 1)}
+                      "kv_cache_usage_perc": kv_usage(e)}
             for n, g in gauges.items():
                 g.set(values[n])
             m = server.metrics
