@@ -218,7 +218,6 @@ class EngineProcesses:
         self._lock = threading.Lock()
         self._started = False
         self._stopping = False
-        self._failed: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> EngineProcesses:
@@ -269,7 +268,7 @@ class EngineProcesses:
 
     @property
     def error(self) -> str | None:
-        return self._failed or next((m.error for m in self.members if m.error), None)
+        return next((m.error for m in self.members if m.error), None)
 
     @property
     def alive(self) -> bool:
@@ -361,8 +360,8 @@ class EngineProcesses:
                     log.error("engine process %d stopped: %s", m.index, message)
                 fail(m.take_streams(gids), EngineDead(message, fatal))
         if not self._stopping:
-            code = m.proc.exitcode if not m.proc.is_alive() else None
-            m.error = m.error or f"engine process {m.index} exited (code {code})"
+            m.proc.join(2.0)  # its pipe closes as it exits: reap it for the exit code
+            m.error = m.error or f"engine process {m.index} exited (code {m.proc.exitcode})"
             log.error("%s", m.error)
         fail(m.take_streams(), EngineDead(m.error or "the server is shutting down", True))
 
