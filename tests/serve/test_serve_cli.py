@@ -80,3 +80,4 @@ def test_serves_then_sigterm_drains_and_exits_cleanly(extra: list[str]) -> None:
             raise
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+    assert ("engine processes ready" in err) == bool(extra)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
+import warnings
 from typing import Any
 
 from ..cliutil import add_dataclass_args, add_model_args, dataclass_from_args
@@ -59,10 +62,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve(llm, config)
         return 0
     engines = EngineProcesses(llm, dp, decode=decode)
+    threads, cores = engines.args.threads, os.cpu_count() or 1
+    if dp * threads > cores:
+        warnings.warn(f"{dp} engine processes x {threads} torch threads on {cores} cores: they take turns on the "
+                      "cores (lower --threads or --data-parallel-size)", stacklevel=1)
     try:
         engines.start()  # each process loads the model before the server listens
     except EngineUnavailable as e:
         raise ParaThinkerError(str(e)) from None
+    print(f"parathinker: {dp} engine processes ready (pids {', '.join(str(m.proc.pid) for m in engines.members)})",
+          file=sys.stderr, flush=True)
     try:
         serve(engines, config)
     finally:
