@@ -188,7 +188,7 @@ class Engine:
     def prefilling(self) -> list[Request]:
         """Requests out of the step while the prefill thread runs their prompt or their chunk (they own their
         pages; they go on at the next step)."""
-        return [r for _, reqs, many in self._prefilling for r in [*reqs, *(s.req for s in many)] if r.phase != "aborted"]
+        return [r for _, reqs, many in self._prefilling for r in _owners(reqs, many) if r.phase != "aborted"]
 
     @property
     def kv_pages_total(self) -> int:
@@ -267,7 +267,7 @@ class Engine:
             sched.running.remove(req)
             self._drop(req, "aborted")
         for fut, reqs, many in self._prefilling:
-            hit = [r for r in [*reqs, *(s.req for s in many)] if r.id in aborts]
+            hit = [r for r in _owners(reqs, many) if r.id in aborts]
             if hit:
                 wait([fut])  # its pages are written by the prefill thread until it is done (an error: raised at the join)
                 for req in hit:
@@ -350,8 +350,15 @@ class Engine:
         """Prefill the prompts of newly admitted requests and run the multi-token chunks of ``many`` (causal,
         after a context) in packed forwards (``runner.prefill``); start the requests' paths, draw the chunks'
         next tokens. Each packed chunk computes what it would alone (tested)."""
-        chunks = self.scheduler.prompt_chunks(reqs) + [self.scheduler.chunk(s) for s in many]
-        logits = self.runner.prefill(chunks)  # (len(reqs) + len(many), V)
+        self._prefilled(reqs, many, self.runner.prefill(self._prefill_chunks(reqs, many)))
+
+    def _prefill_chunks(self, reqs: list[Request], many: list[Seq]) -> list:
+        """The forward of ``_prefill``: the prompts of ``reqs``, then the chunks of ``many`` (slots taken now)."""
+        return self.scheduler.prompt_chunks(reqs) + [self.scheduler.chunk(s) for s in many]
+
+    def _prefilled(self, reqs: list[Request], many: list[Seq], logits: torch.Tensor) -> None:
+        """After that forward (``logits``: one row per prompt, then per chunk): the requests start their paths,
+        the chunks draw their next token."""
         self._start(reqs, logits)
         if many:
             self.draws.consume(many, logits[len(reqs) :])
@@ -380,7 +387,7 @@ class Engine:
             return reqs, many
         if self._prefiller is None:
             self._prefiller = ThreadPoolExecutor(1, thread_name_prefix="parathinker-prefill")
-        chunks = sched.prompt_chunks(reqs) + [sched.chunk(s) for s in many]
+        chunks = self._prefill_chunks(reqs, many)
         sched.running = others
         self.thread_prefills += 1
         self._prefilling.append((self._prefiller.submit(self.runner.prefill, chunks), list(reqs), list(many)))
@@ -394,13 +401,14 @@ class Engine:
             fut, reqs, many = self._prefilling[0]
             logits = fut.result()
             self._prefilling.pop(0)
-            n = len(reqs)
-            keep = [k for k, r in enumerate(reqs) if r.phase != "aborted"]
-            go = [k for k, s in enumerate(many) if s.req.phase != "aborted"]
-            self._start([reqs[k] for k in keep], logits[keep])
-            if go:
-                self.draws.consume([many[k] for k in go], logits[[n + k for k in go]])
-            self.scheduler.running.extend([*(reqs[k] for k in keep), *(many[k].req for k in go)])
+            owners = _owners(reqs, many)  # the logits' rows
+            rows = [k for k, r in enumerate(owners) if r.phase != "aborted"]
+            if len(rows) < len(owners):
+                n = len(reqs)
+                reqs, many = [reqs[k] for k in rows if k < n], [many[k - n] for k in rows if k >= n]
+                logits = logits[rows]
+            self._prefilled(reqs, many, logits)
+            self.scheduler.running.extend(_owners(reqs, many))
 
     def _settle_prefills(self) -> list[Request]:
         """Wait for every prefill in flight (their writes done); return their requests, now to be dropped."""
@@ -432,3 +440,8 @@ class Engine:
             draws.consume(group, logits)
         for r in active:
             sched.advance(r)
+
+
+def _owners(reqs: list[Request], many: list[Seq]) -> list[Request]:
+    """The requests of a prefill: its prompts' requests, then its chunks' (the order of its logits' rows)."""
+    return [*reqs, *(s.req for s in many)]
