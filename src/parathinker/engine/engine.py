@@ -76,8 +76,7 @@ class Engine:
         # the prefill thread (CPU, a core left free by torch's threads): the prompts of requests admitted while
         # others run, and the multi-token chunks of running requests (a summary's forced opening), run there,
         # overlapped with the step's decode; those requests go on at the next step
-        self.prefill_thread = (decode.prefill_thread and self.runner.device.type == "cpu"
-                               and torch.get_num_threads() < (os.cpu_count() or 1))
+        self.prefill_thread = decode.prefill_thread and self.runner.device.type == "cpu" and spare_core()
         self._prefiller: ThreadPoolExecutor | None = None
         # launched prefills, in launch order: (the forward, the admitted requests, the running sequences' chunks)
         self._prefilling: list[tuple[Future, list[Request], list[Seq]]] = []
@@ -440,6 +439,12 @@ class Engine:
             draws.consume(group, logits)
         for r in active:
             sched.advance(r)
+
+
+def spare_core(cores: float | None = None) -> bool:
+    """Whether ``cores`` (default: this machine's) leave one beside torch's threads: what the prefill thread
+    needs. A process sharing the machine (an engine process, a Ray replica) passes its share."""
+    return torch.get_num_threads() + 1 <= (os.cpu_count() or 1 if cores is None else cores)
 
 
 def _owners(reqs: list[Request], many: list[Seq]) -> list[Request]:

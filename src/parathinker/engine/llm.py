@@ -77,6 +77,14 @@ class LLM:
         self.eos_ids = eos
         self.engine = Engine(self.model, self.control, eos, cache, tokenizer=self.tokenizer, decode=decode)
 
+    @classmethod
+    def from_settings(cls, model: str | None, device: str, dtype: Any, threads: Any, cache: dict[str, Any],
+                      decode: dict[str, Any]) -> LLM:
+        """An ``LLM`` from plain settings (``CacheConfig`` / ``DecodeConfig`` fields as dicts): what a process
+        or a Ray replica receives to load the server's model with the server's settings."""
+        return cls(model, device=device, dtype=dtype, cache=CacheConfig(**cache), decode=DecodeConfig(**decode),
+                   threads=threads)
+
     # ------------------------------------------------------------------ prompting
     def format_prompt(self, question: Prompt, raw: bool = False) -> str:
         return format_prompt(self.tokenizer, question, self.style, raw)

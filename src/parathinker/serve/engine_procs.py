@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from ..engine.engine import spare_core
 from .engine_thread import EngineDead, EngineUnavailable, Stream, dispatch, fail
 
 log = logging.getLogger("parathinker.serve")
@@ -67,7 +68,7 @@ class CoreArgs:
         engine = llm.engine
         threads = torch.get_num_threads()
         decode = dataclasses.asdict(decode_config or engine.decode_config)
-        if size * (threads + 1) > (os.cpu_count() or 1):
+        if not spare_core((os.cpu_count() or 1) / size):
             decode["prefill_thread"] = False
         return cls(str(llm.path), str(llm.model.device), llm.model.dtype, threads,
                    dataclasses.asdict(engine.cache_config), decode, max_failures)
@@ -78,12 +79,9 @@ def core_main(args: CoreArgs, conn: Any) -> None:
     """An engine process: load the model, then take requests and step until told to stop or the server goes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server drains us
     try:
-        from ..engine.decode.config import DecodeConfig
-        from ..engine.kv_cache import CacheConfig
         from ..engine.llm import LLM
 
-        llm = LLM(args.model, device=args.device, dtype=args.dtype, cache=CacheConfig(**args.cache),
-                  decode=DecodeConfig(**args.decode), threads=args.threads)
+        llm = LLM.from_settings(args.model, args.device, args.dtype, args.threads, args.cache, args.decode)
     except BaseException as e:  # noqa: BLE001 - reported to the server, which stops with one line
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return

@@ -91,18 +91,15 @@ class ParaThinkerReplica:
     """One replica: an ``LLM``, its engine thread and the OpenAI-compatible app (Ray builds the class)."""
 
     def __init__(self, args: dict[str, Any]):
-        import torch
         from ray import serve
 
-        from ..engine.decode.config import DecodeConfig
-        from ..engine.kv_cache import CacheConfig
+        from ..engine.engine import spare_core
         from ..engine.llm import LLM
 
         a = ReplicaArgs(**args)
-        self.llm = LLM(a.model, device=a.device, dtype=a.dtype, cache=CacheConfig(**a.cache),
-                       decode=DecodeConfig(**a.decode), threads=a.threads)
+        self.llm = LLM.from_settings(a.model, a.device, a.dtype, a.threads, a.cache, a.decode)
         cpus = assigned_cpus()
-        if cpus is not None and cpus < torch.get_num_threads() + 1:
+        if cpus is not None and not spare_core(cpus):
             # the prefill thread needs a core beyond torch's threads: count the CPUs Ray reserved for this
             # replica, not the machine's (replicas side by side would otherwise each take a second core)
             self.llm.engine.prefill_thread = False
